@@ -1,0 +1,33 @@
+# TCT-ColBERT pipeline: ColBERT teacher -> tightly-coupled distillation -> Faiss -> hybrids -> Table 1.
+# Paper scale:  snakemake --cores 8 --resources gpu=1 results/table1.tsv
+# Offline demo: snakemake --profile profiles/demo
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/bm25.smk"
+include: "rules/evaluate.smk"
+include: "rules/tables.smk"
+
+
+# Downloads need the internet and tables are tiny: both stay on the submit host under a cluster executor.
+localrules:
+    all,
+    prepare_data,
+    table1,
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

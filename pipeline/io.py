@@ -1,0 +1,192 @@
+"""Shared file formats: MS MARCO TSVs, TREC qrels and runs, and atomic writes.
+
+Every reader decodes strictly (UTF-8) and checks the shape of each line, so a bad input stops
+with the file, the line number and what was expected instead of a stack trace far downstream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+
+class InputFormatError(ValueError):
+    """A line of an input file is not what the format requires."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, expected: str, got: str = ""):
+        self.path, self.line, self.expected = str(path), line, expected
+        where = f"{path}, line {line}" if line is not None else str(path)
+        detail = f" (got: {got[:120]!r})" if got else ""
+        super().__init__(f"{where}: expected {expected}{detail}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator:
+    """Open a temporary sibling of `path` for writing; rename it over `path` only on success.
+
+    A crash or a validation error leaves the previous file (or no file) in place, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces `path` when the block succeeds."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield (line number, line without its newline), decoding each line as strict UTF-8."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputFormatError(path, number, "UTF-8 text", f"invalid byte at column {err.start + 1}")
+            yield number, line.rstrip("\r\n")
+
+
+def iter_id_text(path: str | os.PathLike, what: str) -> Iterator[tuple[int, str, str]]:
+    """Yield (line, id, text) from an `id<TAB>text` file, refusing empty ids, empty text and repeats."""
+    seen: set[str] = set()
+    for number, line in iter_lines(path):
+        ident, tab, text = line.partition("\t")
+        ident, text = ident.strip(), text.strip()
+        if not tab or not ident:
+            raise InputFormatError(path, number, f"'{what}<TAB>text'", line)
+        if not text:
+            raise InputFormatError(path, number, f"non-empty text for {what} {ident}")
+        if ident in seen:
+            raise InputFormatError(path, number, f"a unique {what}; {ident} appeared before")
+        seen.add(ident)
+        yield number, ident, text
+
+
+def read_queries(path: str | os.PathLike) -> dict[str, str]:
+    """Read `qid<TAB>text` into an ordered dict."""
+    return {qid: text for _, qid, text in iter_id_text(path, "qid")}
+
+
+def read_collection(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """Stream `pid<TAB>text` pairs from a collection (never held in memory as a whole)."""
+    for _, pid, text in iter_id_text(path, "pid"):
+        yield pid, text
+
+
+def clean_text(text: str) -> str:
+    """Tabs and newlines would break the one-record-per-line TSV formats; fold them to spaces."""
+    return " ".join(text.split())
+
+
+def write_id_text(path: str | os.PathLike, records: Iterable[tuple[str, str]]) -> int:
+    """Write `id<TAB>text` lines atomically; returns the number written."""
+    count = 0
+    with atomic_output(path) as out:
+        for ident, text in records:
+            out.write(f"{ident}\t{clean_text(text)}\n")
+            count += 1
+    return count
+
+
+def read_qrels(path: str | os.PathLike) -> Qrels:
+    """Read TREC qrels (`qid iter docid rel`, whitespace separated)."""
+    qrels: Qrels = {}
+    for number, line in iter_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 4:
+            raise InputFormatError(path, number, "4 fields 'qid iter docid relevance'", line)
+        try:
+            rel = int(fields[3])
+        except ValueError:
+            raise InputFormatError(path, number, "an integer relevance in the 4th field", line) from None
+        judged = qrels.setdefault(fields[0], {})
+        if fields[2] in judged and judged[fields[2]] != rel:
+            raise InputFormatError(path, number, f"one judgement per (qid, docid); {fields[2]} judged twice")
+        judged[fields[2]] = rel
+    return qrels
+
+
+def write_qrels(path: str | os.PathLike, qrels: Mapping[str, Mapping[str, int]]) -> None:
+    with atomic_output(path) as out:
+        for qid, judged in qrels.items():
+            for docid, rel in judged.items():
+                out.write(f"{qid} 0 {docid} {rel}\n")
+
+
+def read_run(path: str | os.PathLike) -> Run:
+    """Read a TREC run (`qid Q0 docid rank score tag`) into {qid: {docid: score}}."""
+    run: Run = {}
+    for number, line in iter_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise InputFormatError(path, number, "6 fields 'qid Q0 docid rank score tag'", line)
+        try:
+            score = float(fields[4])
+        except ValueError:
+            raise InputFormatError(path, number, "a numeric score in the 5th field", line) from None
+        hits = run.setdefault(fields[0], {})
+        if fields[2] in hits:
+            raise InputFormatError(path, number, f"each docid once per query; {fields[2]} repeated")
+        hits[fields[2]] = score
+    return run
+
+
+def write_run(path: str | os.PathLike, ranked: Mapping[str, Sequence[tuple[str, float]]], tag: str) -> None:
+    """Write {qid: [(docid, score), ...]} (already in rank order) as a TREC run, atomically."""
+    with atomic_output(path) as out:
+        for qid, hits in ranked.items():
+            for rank, (docid, score) in enumerate(hits, start=1):
+                out.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+
+
+def read_triples(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """Read id triples `qid<TAB>positive pid<TAB>negative pid`."""
+    triples = []
+    for number, line in iter_lines(path):
+        fields = line.split("\t")
+        if len(fields) != 3 or not all(fields):
+            raise InputFormatError(path, number, "'qid<TAB>positive pid<TAB>negative pid'", line)
+        triples.append((fields[0], fields[1], fields[2]))
+    return triples
+
+
+def write_triples(path: str | os.PathLike, triples: Iterable[tuple[str, str, str]]) -> int:
+    count = 0
+    with atomic_output(path) as out:
+        for qid, pos, neg in triples:
+            out.write(f"{qid}\t{pos}\t{neg}\n")
+            count += 1
+    return count

@@ -1,0 +1,1 @@
+"""Sparse retrieval: Anserini (Lucene) BM25 through pyserini."""

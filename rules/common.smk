@@ -1,0 +1,105 @@
+# Paths, config look-ups and input functions shared by the rules. No rule lives here.
+
+import json
+from pathlib import Path
+
+DATASET = config["dataset"]
+DS = DATASET["name"]
+RES = f"resources/{DS}"
+OUT = f"results/{DS}"
+LOGS = f"logs/{DS}"
+BENCH = f"{OUT}/benchmarks"
+SPARSE_RUNS = config["bm25"]["runs"]
+
+
+wildcard_constraints:
+    split="[A-Za-z0-9_-]+",
+    run="[A-Za-z0-9_+-]+",
+    sparse="|".join(sorted(SPARSE_RUNS)),
+    stem="[A-Za-z0-9._-]+",
+
+
+def rule_resource(rule_name, key, default):
+    """A rule's mem_mb / runtime from config `resources:`, else the default."""
+    return config["resources"].get(rule_name, {}).get(key, default)
+
+
+def output_dir(wildcards, output):
+    """Params function: the directory of a rule's first output."""
+    return str(Path(output[0]).parent)
+
+
+def has_official_triples():
+    if DATASET["source"] == "msmarco-passage":
+        return True
+    location = DATASET["location"]
+    return DATASET["source"] == "msmarco-local" and Path(location, "triples.train.tsv").is_file()
+
+
+def prepared_files():
+    """Everything prepare_data writes for this dataset."""
+    files = [f"{RES}/collection.tsv", f"{RES}/manifest.json"]
+    for split in DATASET["splits"]:
+        files += [f"{RES}/queries.{split}.tsv", f"{RES}/qrels.{split}.txt"]
+    if has_official_triples():
+        files.append(f"{RES}/triples.train.tsv")
+    return files
+
+
+def prepare_arguments():
+    """Command-line arguments of pipeline.data.prepare for the configured source."""
+    source = DATASET["source"]
+    args = ["--source", source, "--splits", *DATASET["splits"], "--download-dir", DATASET["download_dir"]]
+    if DATASET["location"]:
+        args += ["--location", DATASET["location"]]
+    if source == "beir":
+        args += ["--name", DATASET["beir_name"] or DS]
+    if source == "synthetic":
+        synthetic = DATASET["synthetic"]
+        args += ["--seed", synthetic["seed"], "--n-passages", synthetic["passages"], "--n-train", synthetic["train"],
+                 "--n-dev", synthetic["dev"], "--n-dl", synthetic["dl"]]
+    if DATASET["files"]:
+        args += ["--files", *(f"{s}={f['queries']},{f['qrels']}" for s, f in DATASET["files"].items())]
+    return [str(a) for a in args]
+
+
+def sparse_setting(key):
+    """Input function: one BM25 parameter of the sparse run named by the wildcard."""
+    return lambda wildcards: SPARSE_RUNS[wildcards.sparse].get(key, {"k1": 0.9, "b": 0.4}.get(key))
+
+
+def sparse_index(wildcards):
+    return f"{RES}/indexes/bm25-{SPARSE_RUNS[wildcards.sparse]['collection']}"
+
+
+def measures_for(wildcards):
+    """The measures Table 1 needs on this split."""
+    names = [c["measure"] for c in config["evaluation"]["columns"] if c["split"] == wildcards.split]
+    return list(dict.fromkeys(names)) or ["RR@10"]
+
+
+def table1_spec():
+    return json.dumps({"dataset": DS, "rows": config["table1"]["rows"], "columns": config["evaluation"]["columns"],
+                       "latency_split": config["evaluation"]["latency_split"],
+                       "show_paper": config["table1"]["show_paper"], "note": config["table1"]["note"]})
+
+
+def table1_inputs(wildcards):
+    """Metric files of every (row, column split) and the latency file of every row."""
+    splits = list(dict.fromkeys(c["split"] for c in config["evaluation"]["columns"]))
+    unknown = [s for s in splits if s not in DATASET["splits"]]
+    if unknown:
+        raise ValueError(f"evaluation.columns use split(s) {unknown} not in dataset.splits {DATASET['splits']}")
+    latency_split = config["evaluation"]["latency_split"]
+    files = []
+    for row in config["table1"]["rows"]:
+        files += [f"{OUT}/metrics/{row['run']}.{split}.tsv" for split in splits]
+        files.append(f"{OUT}/runs/{row['run']}.{latency_split}.latency.json")
+    return files
+
+
+def all_targets():
+    targets = ["results/table1.tsv", "results/table1.md"]
+    if "train" in DATASET["splits"]:
+        targets.append(f"{RES}/triples.train.tsv")
+    return targets

@@ -1,0 +1,24 @@
+# evaluate: trec_eval measures (through pytrec_eval) per query and mean, for any run and split.
+
+
+rule evaluate:
+    input:
+        run=f"{OUT}/runs/{{run}}.{{split}}.trec",
+        qrels=f"{RES}/qrels.{{split}}.txt",
+    output:
+        f"{OUT}/metrics/{{run}}.{{split}}.tsv",
+    log:
+        f"{LOGS}/evaluate.{{run}}.{{split}}.log",
+    benchmark:
+        f"{BENCH}/evaluate.{{run}}.{{split}}.tsv"
+    params:
+        measures=measures_for,
+    threads: 1
+    resources:
+        mem_mb=rule_resource("evaluate", "mem_mb", 4000),
+        runtime=rule_resource("evaluate", "runtime", 10),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.evaluate --run {input.run} --qrels {input.qrels} --measures {params.measures:q}"
+        " --out {output} > {log} 2>&1"

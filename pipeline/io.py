@@ -71,7 +71,7 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise InputFormatError(path, number, "UTF-8 text", f"invalid byte at column {err.start + 1}")
+                raise InputFormatError(path, number, "UTF-8 text", f"invalid byte at column {err.start + 1}") from None
             yield number, line.rstrip("\r\n")
 
 

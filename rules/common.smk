@@ -49,7 +49,8 @@ def prepared_files():
 def prepare_arguments():
     """Command-line arguments of pipeline.data.prepare for the configured source."""
     source = DATASET["source"]
-    args = ["--source", source, "--splits", *DATASET["splits"], "--download-dir", DATASET["download_dir"]]
+    args = ["--source", source, "--splits", *DATASET["splits"], "--download-dir", DATASET["download_dir"],
+            "--unknown-judged", DATASET["unknown_judged"]]
     if DATASET["location"]:
         args += ["--location", DATASET["location"]]
     if source == "beir":

@@ -43,7 +43,8 @@ def test_non_utf8_bytes_are_reported_with_line_and_column(tmp_path):
 
 
 def test_qrels_and_runs_parse_and_reject_bad_lines(tmp_path):
-    assert read_qrels(write(tmp_path, "q.txt", "1 0 a 1\n1\t0\tb\t0\n\n2 0 a 2\n")) == {"1": {"a": 1, "b": 0}, "2": {"a": 2}}
+    qrels = read_qrels(write(tmp_path, "q.txt", "1 0 a 1\n1\t0\tb\t0\n\n2 0 a 2\n"))
+    assert qrels == {"1": {"a": 1, "b": 0}, "2": {"a": 2}}
     with pytest.raises(InputFormatError, match="line 1: expected an integer relevance"):
         read_qrels(write(tmp_path, "bad.txt", "1 0 a high\n"))
     with pytest.raises(InputFormatError, match="line 2: expected 6 fields"):

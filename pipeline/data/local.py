@@ -39,7 +39,8 @@ def msmarco_local_source(directory: Path, splits: list[str],
     prepared = {}
     for split in splits:
         given = files.get(split, {})
-        queries = directory / given["queries"] if "queries" in given else _find(directory, split, QUERY_NAMES, "queries")
+        queries = (directory / given["queries"] if "queries" in given
+                   else _find(directory, split, QUERY_NAMES, "queries"))
         qrels = directory / given["qrels"] if "qrels" in given else _find(directory, split, QRELS_NAMES, "qrels")
         prepared[split] = Split(read_queries(queries), read_qrels(qrels), origin=f"{queries} / {qrels}")
     triples_path = directory / "triples.train.tsv"

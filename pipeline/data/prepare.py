@@ -46,8 +46,18 @@ def _locate(origin: str, token: str) -> tuple[str, int | None]:
     return origin, None
 
 
-def prepare_data(source: Source, out_dir: Path, splits: list[str]) -> dict:
-    """Validate `source` and write its normalised files into `out_dir`; returns the manifest."""
+UNKNOWN_JUDGED = ("error", "keep", "drop")
+
+
+def prepare_data(source: Source, out_dir: Path, splits: list[str], unknown_judged: str = "error") -> dict:
+    """Validate `source` and write its normalised files into `out_dir`; returns the manifest.
+
+    `unknown_judged` says what to do with judgements of passages absent from the collection:
+    `error` (the default: usually a broken dataset), or, for deliberate sub-collections such as
+    msmarco-dl-mini, `keep` them as published (recall still counts them) or `drop` them.
+    """
+    if unknown_judged not in UNKNOWN_JUDGED:
+        raise ValueError(f"unknown_judged must be one of {UNKNOWN_JUDGED}, not {unknown_judged!r}")
     out_dir = Path(out_dir)
     missing = [s for s in splits if s not in source.splits]
     if missing:
@@ -55,7 +65,7 @@ def prepare_data(source: Source, out_dir: Path, splits: list[str]) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".prepare.", dir=out_dir))
     try:
-        manifest = _write_all(source, staging, splits)
+        manifest = _write_all(source, staging, splits, unknown_judged)
         for item in sorted(staging.iterdir()):
             os.replace(item, out_dir / item.name)
     finally:
@@ -63,7 +73,7 @@ def prepare_data(source: Source, out_dir: Path, splits: list[str]) -> dict:
     return manifest
 
 
-def _write_all(source: Source, staging: Path, splits: list[str]) -> dict:
+def _write_all(source: Source, staging: Path, splits: list[str], unknown_judged: str) -> dict:
     pids: set[str] = set()
 
     def checked_collection():
@@ -79,24 +89,32 @@ def _write_all(source: Source, staging: Path, splits: list[str]) -> dict:
                       "splits": {}, "notes": list(source.notes)}
     for name in splits:
         split = source.splits[name]
-        for qid, judged in split.qrels.items():
+        for qid in split.qrels:
             if qid not in split.queries:
                 path, line = _locate(split.origin, qid)
                 raise InputFormatError(path, line, f"judgements only for known queries; qid {qid} has no query text")
-            unknown = next((pid for pid in judged if pid not in pids), None)
-            if unknown is not None:
-                path, line = _locate(split.origin, unknown)
-                raise InputFormatError(path, line, f"judged passages from the collection; pid {unknown} is not in it")
-        kept = {qid: text for qid, text in split.queries.items() if qid in split.qrels}
+        qrels, outside = {}, 0
+        for qid, judged in split.qrels.items():
+            unknown = [pid for pid in judged if pid not in pids]
+            if unknown and unknown_judged == "error":
+                path, line = _locate(split.origin, unknown[0])
+                raise InputFormatError(path, line, f"judged passages from the collection; pid {unknown[0]} is not in "
+                                       "it (set dataset.unknown_judged to keep or drop for a sub-collection)")
+            outside += len(unknown)
+            qrels[qid] = {p: r for p, r in judged.items() if p in pids} if unknown_judged == "drop" else judged
+        if outside:
+            log.warning("split %s: %d judgements name passages outside the collection (%s)", name, outside,
+                        "dropped" if unknown_judged == "drop" else "kept as published")
+        kept = {qid: text for qid, text in split.queries.items() if qrels.get(qid)}
         if not kept:
             raise ValueError(f"split '{name}' ({split.origin}): no query has judgements")
         dropped = len(split.queries) - len(kept)
         if dropped:
             log.info("split %s: dropped %d of %d queries that have no judgements", name, dropped, len(split.queries))
         write_id_text(staging / f"queries.{name}.tsv", kept.items())
-        write_qrels(staging / f"qrels.{name}.txt", {qid: split.qrels[qid] for qid in kept})
+        write_qrels(staging / f"qrels.{name}.txt", {qid: qrels[qid] for qid in kept})
         manifest["splits"][name] = {"queries": len(kept), "dropped_unjudged": dropped,
-                                    "judgements": sum(len(split.qrels[q]) for q in kept)}
+                                    "judgements": sum(len(qrels[q]) for q in kept), "judged_outside": outside}
     if source.triples is not None:
         train = source.splits.get("train")
 
@@ -106,7 +124,8 @@ def _write_all(source: Source, staging: Path, splits: list[str]) -> dict:
                     raise InputFormatError(source.triples_origin, number, f"a train qid; {qid} is not a train query")
                 for pid in (pos, neg):
                     if pid not in pids:
-                        raise InputFormatError(source.triples_origin, number, f"pids from the collection; {pid} is not in it")
+                        raise InputFormatError(source.triples_origin, number,
+                                               f"pids from the collection; {pid} is not in it")
                 yield qid, pos, neg
 
         manifest["triples"] = write_triples(staging / "triples.train.tsv", checked_triples())
@@ -157,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--location", default="", help="local directory or base URL (beir, msmarco-*)")
     parser.add_argument("--download-dir", type=Path, default=Path("resources/downloads"))
     parser.add_argument("--files", nargs="*", default=[], help="msmarco-local: split=queries_file,qrels_file")
+    parser.add_argument("--unknown-judged", choices=UNKNOWN_JUDGED, default="error",
+                        help="judgements of passages absent from the collection")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--n-passages", type=int, default=3000)
     parser.add_argument("--n-train", type=int, default=2000)
@@ -164,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-dl", type=int, default=30)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    manifest = prepare_data(build_source(args), args.out, args.splits)
+    manifest = prepare_data(build_source(args), args.out, args.splits, args.unknown_judged)
     log.info("prepared %s: %s", args.out, json.dumps(manifest))
 
 

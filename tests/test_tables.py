@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from pipeline.evaluate import evaluate_run
+from pipeline.io import write_qrels, write_run
+from pipeline.tables import build_table1, write_table1
+
+SPEC = {
+    "dataset": "toy",
+    "rows": [{"name": "BM25", "run": "bm25", "paper": {"dev/RR@10": 0.184}},
+             {"name": "Other", "run": "other"}],
+    "columns": [{"split": "dev", "measure": "RR@10"}, {"split": "dl", "measure": "nDCG@10"}],
+    "latency_split": "dev",
+    "show_paper": True,
+    "note": "toy numbers",
+}
+
+
+@pytest.fixture
+def results(tmp_path):
+    qrels = {"1": {"a": 1}, "2": {"b": 1}}
+    write_qrels(tmp_path / "qrels.txt", qrels)
+    for run, ranking in {"bm25": ["a", "b"], "other": ["b", "a"]}.items():
+        write_run(tmp_path / "runs" / f"{run}.dev.trec", {q: [(d, 2.0 - i) for i, d in enumerate(ranking)]
+                                                          for q in qrels}, run)
+        for split in ("dev", "dl"):
+            evaluate_run(tmp_path / "runs" / f"{run}.dev.trec", tmp_path / "qrels.txt", ["RR@10", "nDCG@10"],
+                         tmp_path / "metrics" / f"{run}.{split}.tsv")
+    (tmp_path / "runs" / "bm25.dev.latency.json").write_text(json.dumps({"latency_ms_median": 1.234}))
+    return tmp_path
+
+
+def test_table1_rows_columns_paper_and_difference(results):
+    header, rows = build_table1(SPEC, results)
+    assert header[:4] == ["method", "dev/RR@10", "dl/nDCG@10", "latency_ms"]
+    assert "paper dev/RR@10" in header and "diff dev/RR@10" in header
+    bm25 = dict(zip(header, rows[0], strict=True))
+    assert bm25["dev/RR@10"] == "0.7500" and bm25["latency_ms"] == "1.23"
+    assert bm25["paper dev/RR@10"] == "0.184" and bm25["diff dev/RR@10"] == "0.5660"
+    other = dict(zip(header, rows[1], strict=True))
+    assert other["latency_ms"] == "" and other["paper dev/RR@10"] == ""
+
+
+def test_table1_files(results):
+    write_table1({**SPEC, "show_paper": False}, results, results / "table1.tsv")
+    lines = (results / "table1.tsv").read_text().splitlines()
+    assert lines[0] == "method\tdev/RR@10\tdl/nDCG@10\tlatency_ms" and len(lines) == 3
+    markdown = (results / "table1.md").read_text()
+    assert "| BM25 | 0.7500 |" in markdown and "toy numbers" in markdown
+
+
+def test_missing_metrics_fail_loudly(results):
+    with pytest.raises(FileNotFoundError):
+        build_table1({**SPEC, "rows": [{"name": "X", "run": "missing"}]}, results)

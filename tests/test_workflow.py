@@ -1,0 +1,85 @@
+"""The Snakemake workflow itself: schema validation, the paper DAG, lint, and a small demo run."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.io import read_triples
+from tests.conftest import ROOT
+
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs"]
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """A copy of the workflow (not of results or resources) to run Snakemake in."""
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def overlay(workdir: Path, settings: dict) -> str:
+    path = workdir / "overlay.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"bm25": {"k1": 0.9}}, "'k1' was unexpected"),
+        ({"bm25": {"threads": "many"}}, "'many' is not of type 'integer'"),
+        ({"dataset": {"source": "trec"}}, "'trec' is not one of"),
+        ({"evaluation": {"columns": [{"split": "dev", "measure": "MRR10"}]}}, "'MRR10' does not match"),
+    ],
+)
+def test_bad_config_stops_with_the_key_named(workdir, settings, message):
+    result = snakemake(workdir, "-n", "--configfile", "config.yaml", overlay(workdir, settings))
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+
+
+def test_paper_config_dag_lists_every_stage(workdir):
+    result = snakemake(workdir, "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    for rule in ("prepare_data", "bm25_index", "bm25_run", "evaluate", "table1"):
+        assert rule in result.stdout
+    assert "mine_negatives" not in result.stdout  # MS MARCO ships official triples
+
+
+def test_lint_is_clean(workdir):
+    result = snakemake(workdir, "--lint", "--configfile", "config.yaml")
+    assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr, result.stdout
+
+
+@pytest.mark.slow
+def test_small_demo_dag_end_to_end(workdir):
+    small = overlay(workdir, {"dataset": {"synthetic": {"passages": 400, "train": 60, "dev": 40, "dl": 8}},
+                              "bm25": {"latency_queries": 5}})
+    result = snakemake(workdir, "--profile", "profiles/demo", "--configfile", "config.yaml",
+                       "profiles/demo/workflow.yaml", small)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (workdir / "results" / "table1.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["method", "dev/RR@10", "dev/R@1000", "dl/nDCG@10", "dl/R(rel=2)@1000",
+                                    "latency_ms"]
+    bm25 = lines[1].split("\t")
+    assert bm25[0] == "BM25" and all(0.0 < float(v) <= 1.0 for v in bm25[1:5]) and float(bm25[5]) > 0
+    triples = read_triples(workdir / "resources" / "synthetic" / "triples.train.tsv")
+    assert len(triples) == 60 * 4
+    for rule_log in ("prepare_data.log", "bm25_index.collection.log", "table1.log"):
+        assert (workdir / "logs" / "synthetic" / rule_log).exists()
+    assert (workdir / "results" / "synthetic" / "benchmarks" / "bm25_run.bm25.dev.tsv").exists()
+    # A second run has nothing to do: every output is complete and up to date.
+    again = snakemake(workdir, "--profile", "profiles/demo", "--configfile", "config.yaml",
+                      "profiles/demo/workflow.yaml", small, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -16,3 +16,39 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} is absent (it lives in ../shared/data beside the repo)")
     return path
+
+
+def make_tiny_bert(directory: Path, dropout: float = 0.0, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer BERT with the packaged MiniLM's uncased vocabulary (fast on CPU)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from pipeline.models.backbone import PACKAGED_MINILM, resolve_backbone
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(PACKAGED_MINILM))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=256, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def make_triples_dataset(directory: Path, n_queries: int = 16) -> dict[str, Path]:
+    """A small hand-made training set: query i asks about topic i; its positive mentions it."""
+    topics = ["apple", "river", "engine", "violin", "glacier", "falcon", "copper", "tulip", "comet", "harbor",
+              "lantern", "canyon", "pepper", "marble", "saddle", "orchid", "beacon", "walnut", "meadow", "quartz"]
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: directory / f"{name}.tsv" for name in ("collection", "queries", "triples")}
+    with open(paths["collection"], "w") as out:
+        for i, topic in enumerate(topics):
+            out.write(f"p{i}\tthis passage explains the {topic}, its history and uses.\n")
+            out.write(f"n{i}\tan unrelated note about weather, traffic and the {topics[(i + 7) % len(topics)]}.\n")
+    with open(paths["queries"], "w") as out:
+        for i in range(n_queries):
+            out.write(f"q{i}\twhat is the {topics[i % len(topics)]}?\n")
+    with open(paths["triples"], "w") as out:
+        for i in range(n_queries):
+            out.write(f"q{i}\tp{i % len(topics)}\tn{i % len(topics)}\n")
+    return paths

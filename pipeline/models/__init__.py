@@ -1,0 +1,1 @@
+"""Models: the ColBERT teacher and the PoolAvg bi-encoder student over a shared BERT backbone."""

@@ -1,0 +1,1 @@
+"""Training: losses, batches, the shared loop, and the teacher and student stages."""

@@ -1,0 +1,245 @@
+"""The training loop shared by teacher and student.
+
+AdamW (no decay on biases and LayerNorm), linear warm-up then linear decay, gradient clipping,
+gradient accumulation, bf16 autocast, a progress bar, a CSV of losses, checkpoints every N steps
+that a killed run resumes from, and DistributedDataParallel when started by torchrun.
+
+Global batch `batch_size` is the paper's batch: it is split into world_size x accumulation equal
+micro-batches, so the same triples make one optimisation step however many processes share it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from pipeline.io import atomic_directory, atomic_output
+from pipeline.train.batches import Batch, TripleBatches
+
+log = logging.getLogger(__name__)
+LOSS_FILE = "losses.csv"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    accumulation: int = 1
+    bf16: bool = False
+    seed: int = 13
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process runs: device, rank and world size."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_context() -> Context:
+    """Single process, or one rank of a torchrun job (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if world > 1 else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return Context(torch.device("cuda", local), rank, world)
+    return Context(torch.device("cpu"), rank, world)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fingerprint(settings: dict) -> str:
+    """Identity of a training configuration, stored in checkpoints so a resume cannot mix runs."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _optimizer(model: nn.Module, cfg: LoopConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name or "norm" in name else decay).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    return sorted(directory.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def _save_checkpoint(directory: Path, state: dict, keep: int) -> None:
+    path = directory / f"step-{state['step']:08d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in _checkpoints(directory)[:-keep]:
+        old.unlink()
+
+
+def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor], batches: TripleBatches,
+        cfg: LoopConfig, checkpoint_dir: Path, identity: str, ctx: Context, desc: str = "train") -> None:
+    """Train `model` in place for `cfg.steps` optimisation steps, resuming from `checkpoint_dir`.
+
+    `loss_fn(module, micro_batch)` returns the mean loss of one micro-batch; `module` is the DDP
+    wrapper when distributed. Losses (mean over the global batch) go to `checkpoint_dir/losses.csv`.
+    """
+    parts = ctx.world * cfg.accumulation
+    if cfg.batch_size % parts:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by world size x accumulation = {parts}")
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed + ctx.rank)
+    model.to(ctx.device).train()
+    module = (nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
+                                                  else None) if ctx.world > 1 else model)
+    optimizer = _optimizer(model, cfg)
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    start = _resume(model, optimizer, scheduler, checkpoint_dir, identity, ctx)
+    loss_path = checkpoint_dir / LOSS_FILE
+    if ctx.main:
+        _truncate_log(loss_path, start)
+    amp = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, disable=not ctx.main,
+               mininterval=2)
+    for step in bar:
+        total = torch.zeros((), device=ctx.device)
+        for accum in range(cfg.accumulation):
+            micro = batches.micro_batch(step, ctx.rank * cfg.accumulation + accum, parts)
+            with amp:
+                loss = loss_fn(module, micro) / cfg.accumulation
+            if ctx.world > 1 and accum < cfg.accumulation - 1:
+                with module.no_sync():
+                    loss.backward()
+            else:
+                loss.backward()
+            total += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ctx.world > 1:
+            dist.all_reduce(total)
+            total /= ctx.world
+        if ctx.main:
+            with open(loss_path, "a", newline="") as out:
+                csv.writer(out).writerow([step + 1, f"{total.item():.6f}", f"{scheduler.get_last_lr()[0]:.3e}",
+                                          f"{grad_norm.item():.4f}"])
+            bar.set_postfix(loss=f"{total.item():.4f}")
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, step + 1, identity),
+                                 cfg.keep_checkpoints)
+        if ctx.world > 1:
+            dist.barrier()
+    if ctx.main and cfg.steps > start:
+        _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, cfg.steps, identity),
+                         cfg.keep_checkpoints)
+
+
+def _state(model, optimizer, scheduler, step: int, identity: str) -> dict:
+    return {"step": step, "identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+
+
+def _resume(model, optimizer, scheduler, checkpoint_dir: Path, identity: str, ctx: Context) -> int:
+    existing = _checkpoints(checkpoint_dir)
+    if not existing:
+        return 0
+    state = torch.load(existing[-1], map_location=ctx.device, weights_only=False)
+    if state.get("identity") != identity:
+        raise ValueError(f"{existing[-1]} belongs to another training configuration (fingerprint "
+                         f"{state.get('identity')} != {identity}); move {checkpoint_dir} away to start afresh")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    if ctx.main:
+        log.info("resumed from %s (step %d)", existing[-1], state["step"])
+    return state["step"]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the loss rows of steps up to `step`: a resumed run rewrites what came after its checkpoint."""
+    rows = []
+    if path.exists() and step:
+        with open(path, newline="") as handle:
+            rows = [row for row in csv.reader(handle) if row and row[0].isdigit() and int(row[0]) <= step]
+    with open(path, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["step", "loss", "lr", "grad_norm"])
+        writer.writerows(rows)
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line options shared by the training stages (data, output and LoopConfig)."""
+    parser.add_argument("--triples", type=Path, required=True)
+    parser.add_argument("--queries", type=Path, required=True, help="train queries (qid<TAB>text)")
+    parser.add_argument("--collection", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--checkpoints", type=Path, required=True, help="checkpoint directory (resumed from)")
+    parser.add_argument("--losses", type=Path, required=True, help="CSV of per-step losses to write")
+    for field in fields(LoopConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            parser.add_argument(flag, action="store_true")
+        else:
+            kind = {"int": int, "float": float}[field.type]
+            parser.add_argument(flag, type=kind, default=None if field.default is MISSING else field.default,
+                                required=field.default is MISSING)
+    parser.add_argument("--max-query-length", type=int, default=36, help="query tokens incl. the 4-token prefix")
+    parser.add_argument("--max-doc-length", type=int, default=154, help="passage tokens incl. the 4-token prefix")
+
+
+def loop_config(args: argparse.Namespace) -> LoopConfig:
+    return LoopConfig(**{field.name: getattr(args, field.name) for field in fields(LoopConfig)})
+
+
+def finish(model_save: Callable[[Path], None], checkpoint_dir: Path, out_dir: Path, losses: Path,
+           ctx: Context) -> None:
+    """On rank 0: write the model directory and the loss CSV atomically, from the trained model."""
+    if ctx.main:
+        with atomic_directory(out_dir) as staging:
+            model_save(staging)
+        with atomic_output(losses) as out:
+            out.write((checkpoint_dir / LOSS_FILE).read_text())
+    if ctx.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()

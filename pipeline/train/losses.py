@@ -1,0 +1,60 @@
+"""Losses of the teacher (ColBERT v1) and of the student (TCT-ColBERT, Eq. 6).
+
+Score matrices are (B, 2G): row i holds query i against every passage of the batch, ordered
+[positive_1 .. positive_G, negative_1 .. negative_G]. Usually G = B, so query i's positive is
+column i and its own BM25 negative column B + i; when passages are gathered from all ranks of a
+distributed run, G is the global batch and this rank's queries start at column `offset`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CONDITIONS = ("none", "triplet", "inbatch")
+
+
+def teacher_pairwise_loss(scores: torch.Tensor) -> torch.Tensor:
+    """ColBERT v1: softmax cross-entropy over (positive, own negative), positive as the label."""
+    pairs = _own_pair(scores, 0)
+    return F.cross_entropy(pairs, torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device))
+
+
+def inbatch_cross_entropy(scores: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Hard labels over all in-batch passages: query i's positive is column offset + i."""
+    return F.cross_entropy(scores, torch.arange(scores.shape[0], device=scores.device) + offset)
+
+
+def _own_pair(scores: torch.Tensor, offset: int) -> torch.Tensor:
+    """(B, 2): each query's score for its own positive and its own negative."""
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    return torch.stack([scores[rows, rows + offset], scores[rows, rows + offset + scores.shape[1] // 2]], dim=1)
+
+
+def _kl(teacher: torch.Tensor, student: torch.Tensor, teacher_tau: float, student_tau: float) -> torch.Tensor:
+    """KL(P_teacher || P_student) per row, averaged over rows."""
+    target = F.log_softmax(teacher / teacher_tau, dim=-1)
+    return F.kl_div(F.log_softmax(student / student_tau, dim=-1), target, log_target=True, reduction="batchmean")
+
+
+def student_loss(student: torch.Tensor, teacher: torch.Tensor | None, condition: str = "inbatch",
+                 gamma: float = 0.1, teacher_tau: float = 0.25, student_tau: float = 1.0,
+                 offset: int = 0) -> torch.Tensor:
+    """Eq. 6: gamma * CE(hard labels over 2B) + (1 - gamma) * KL(P_teacher || P_student).
+
+    `condition` picks the distillation of Table 3: `none` (hard labels only, the PoolAvg baseline;
+    `teacher` may be None), `triplet` (KL over each query's own positive and negative) or `inbatch`
+    (KL over all 2B passages). The teacher's softmax is taken at temperature `teacher_tau`; the
+    paper leaves the student's untempered (`student_tau` = 1). gamma = 0 is the released code's pure KL.
+    """
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown distillation condition {condition!r}; choose from {CONDITIONS}")
+    hard = inbatch_cross_entropy(student, offset)
+    if condition == "none":
+        return hard
+    if teacher is None:
+        raise ValueError(f"condition {condition!r} needs teacher scores")
+    teacher = teacher.detach().to(student.dtype)
+    if condition == "triplet":
+        student, teacher = _own_pair(student, offset), _own_pair(teacher, offset)
+    return gamma * hard + (1 - gamma) * _kl(teacher, student, teacher_tau, student_tau)

@@ -1,0 +1,141 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.io import InputFormatError
+from pipeline.models import colbert as colbert_module
+from pipeline.models.colbert import ColBERT
+from pipeline.train.loop import LoopConfig
+from pipeline.train.student import train_student
+from pipeline.train.teacher import train_teacher
+from tests.conftest import ROOT, make_tiny_bert, make_triples_dataset
+
+CFG = LoopConfig(steps=12, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=4)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    bert = make_tiny_bert(root / "bert", dropout=0.1)
+    data = make_triples_dataset(root / "data")
+    train_teacher(str(bert), data["triples"], data["queries"], data["collection"], root / "teacher",
+                  root / "ck_teacher", root / "teacher.csv", CFG)
+    return root, data
+
+
+def losses(path: Path) -> list[float]:
+    with open(path) as handle:
+        return [float(row["loss"]) for row in csv.DictReader(handle)]
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_teacher_loss_falls(setup):
+    root, _ = setup
+    curve = losses(root / "teacher.csv")
+    assert len(curve) == CFG.steps and sum(curve[-3:]) < sum(curve[:3])
+
+
+def test_student_loss_falls_and_teacher_stays_frozen(setup, monkeypatch):
+    root, data = setup
+    frozen = ColBERT.load(root / "teacher")
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    monkeypatch.setattr(colbert_module.ColBERT, "load", classmethod(lambda cls, directory: frozen))
+    from pipeline.train import student as student_module
+
+    monkeypatch.setattr(student_module.ColBERT, "load", classmethod(lambda cls, directory: frozen))
+    cfg = LoopConfig(steps=20, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=100)
+    train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / "student",
+                  root / "ck_student", root / "student.csv", cfg)
+    assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items())
+    assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+    curve = losses(root / "student.csv")
+    assert sum(curve[-5:]) < sum(curve[:5])
+    # The student started from the teacher's BERT weights, then moved away from them.
+    teacher_bert, student_bert = weights(root / "teacher"), weights(root / "student")
+    assert set(teacher_bert) == set(student_bert)
+    assert any(not torch.equal(teacher_bert[k], student_bert[k]) for k in teacher_bert)
+
+
+def student_command(root: Path, data: dict, name: str, steps: int, *extra: str) -> list[str]:
+    return ["-m", "pipeline.train.student", "--teacher", str(root / "teacher"), "--triples", str(data["triples"]),
+            "--queries", str(data["queries"]), "--collection", str(data["collection"]), "--out", str(root / name),
+            "--checkpoints", str(root / f"ck_{name}"), "--losses", str(root / f"{name}.csv"), "--steps", str(steps),
+            "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", *extra]
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(setup):
+    root, data = setup
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    steps = 400
+    subprocess.run([sys.executable, *student_command(root, data, "whole", steps, "--checkpoint-every", "10")],
+                   check=True, env=env, capture_output=True, timeout=600)
+    victim = subprocess.Popen([sys.executable, *student_command(root, data, "killed", steps,
+                                                                "--checkpoint-every", "10")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((root / "ck_killed").glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (root / "killed").exists(), "the run finished before it could be killed"
+    subprocess.run([sys.executable, *student_command(root, data, "killed", steps, "--checkpoint-every", "10")],
+                   check=True, env=env, capture_output=True, timeout=600)
+    whole, resumed = weights(root / "whole"), weights(root / "killed")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert losses(root / "whole.csv") == losses(root / "killed.csv")
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(setup):
+    root, data = setup
+    cfg = LoopConfig(steps=4, batch_size=8, lr=1e-3, checkpoint_every=2)
+    train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / "a",
+                  root / "ck_shared", root / "a.csv", cfg, gamma=0.1)
+    more = LoopConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=2)
+    with pytest.raises(ValueError, match="belongs to another training configuration"):
+        train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / "b",
+                      root / "ck_shared", root / "b.csv", more, gamma=0.5)
+    assert not (root / "b").exists()
+
+
+def test_triples_with_unknown_ids_are_refused(setup, tmp_path):
+    root, data = setup
+    bad = tmp_path / "triples.tsv"
+    bad.write_text("q0\tp0\tn0\nq1\tp1\tmissing\n")
+    with pytest.raises(InputFormatError, match=r"triples.tsv, line 2: expected pids from .* missing"):
+        train_student(root / "teacher", bad, data["queries"], data["collection"], tmp_path / "s", tmp_path / "ck",
+                      tmp_path / "s.csv", CFG)
+    bad.write_text("")
+    with pytest.raises(InputFormatError, match="at least one training triple"):
+        train_student(root / "teacher", bad, data["queries"], data["collection"], tmp_path / "s", tmp_path / "ck",
+                      tmp_path / "s.csv", CFG)
+
+
+def test_two_process_torchrun_matches_single_process_accumulation(tmp_path):
+    """DDP over 2 gloo ranks (no gathering) = one process accumulating the same 2 micro-batches."""
+    bert = make_tiny_bert(tmp_path / "bert", dropout=0.0)
+    data = make_triples_dataset(tmp_path / "data")
+    train_teacher(str(bert), data["triples"], data["queries"], data["collection"], tmp_path / "teacher",
+                  tmp_path / "ck_teacher", tmp_path / "teacher.csv", CFG)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    subprocess.run([*torchrun, *student_command(tmp_path, data, "ddp", 6)], check=True, env=env,
+                   capture_output=True, timeout=600)
+    subprocess.run([sys.executable, *student_command(tmp_path, data, "single", 6, "--accumulation", "2")],
+                   check=True, env=env, capture_output=True, timeout=600)
+    assert losses(tmp_path / "ddp.csv") == pytest.approx(losses(tmp_path / "single.csv"), abs=1e-5)
+    ddp, single = weights(tmp_path / "ddp"), weights(tmp_path / "single")
+    assert all(torch.allclose(ddp[k], single[k], atol=1e-5) for k in ddp)
+    subprocess.run([*torchrun, *student_command(tmp_path, data, "gathered", 3, "--gather")], check=True,
+                   env=env, capture_output=True, timeout=600)
+    assert len(losses(tmp_path / "gathered.csv")) == 3

@@ -16,6 +16,7 @@ validate(config, "schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/bm25.smk"
+include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
 

@@ -10,6 +10,7 @@ OUT = f"results/{DS}"
 LOGS = f"logs/{DS}"
 BENCH = f"{OUT}/benchmarks"
 SPARSE_RUNS = config["bm25"]["runs"]
+VARIANTS = config["student"]["variants"]
 
 
 wildcard_constraints:
@@ -17,6 +18,7 @@ wildcard_constraints:
     run="[A-Za-z0-9_+-]+",
     sparse="|".join(sorted(SPARSE_RUNS)),
     stem="[A-Za-z0-9._-]+",
+    variant="|".join(sorted(VARIANTS)),
 
 
 def rule_resource(rule_name, key, default):
@@ -99,8 +101,58 @@ def table1_inputs(wildcards):
     return files
 
 
+def loop_arguments(stage):
+    """The training-loop options of `stage` (teacher or student) as command-line arguments."""
+    args = ["--max-query-length", config["model"]["query_length"], "--max-doc-length", config["model"]["doc_length"]]
+    for key, value in config[stage]["train"].items():
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            args += [flag] if value else []
+        else:
+            args += [flag, value]
+    return [str(a) for a in args]
+
+
+def launcher(stage):
+    """python, or torchrun with one process per GPU when the stage is given several."""
+    gpus = config[stage]["gpus"]
+    return "python" if gpus == 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus}"
+
+
+def teacher_options():
+    teacher = config["teacher"]
+    flags = [("--bias", teacher["bias"]), ("--unnormalized-queries", not teacher["normalize_queries"]),
+             ("--inbatch", teacher["inbatch"])]
+    return ["--dim", str(teacher["dim"])] + [flag for flag, on in flags if on]
+
+
+def student_inputs(wildcards):
+    """Training data, plus the teacher when the variant distils it or starts from its weights."""
+    inputs = {"triples": f"{RES}/triples.train.tsv", "queries": f"{RES}/queries.train.tsv",
+              "collection": f"{RES}/collection.tsv"}
+    if VARIANTS[wildcards.variant]["condition"] != "none" or config["student"]["init"] == "teacher":
+        inputs["teacher"] = f"{RES}/models/teacher"
+    return inputs
+
+
+def student_options(wildcards):
+    """Variant-specific options of pipeline.train.student."""
+    student, variant = config["student"], VARIANTS[wildcards.variant]
+    args = ["--condition", variant["condition"], "--gamma", variant.get("gamma", student["gamma"]),
+            "--teacher-tau", student["teacher_tau"], "--student-tau", student["student_tau"],
+            "--init", student["init"]]
+    if "teacher" in student_inputs(wildcards):
+        args += ["--teacher", f"{RES}/models/teacher"]
+    if student["init"] == "backbone":
+        args += ["--backbone", config["model"]["backbone"]]
+    if student["gather"]:
+        args.append("--gather")
+    return [str(a) for a in args]
+
+
 def all_targets():
     targets = ["results/table1.tsv", "results/table1.md"]
     if "train" in DATASET["splits"]:
         targets.append(f"{RES}/triples.train.tsv")
+        targets += [f"{RES}/models/{variant}" for variant in VARIANTS]
     return targets

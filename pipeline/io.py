@@ -7,6 +7,8 @@ with the file, the line number and what was expected instead of a stack trace fa
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -190,3 +192,66 @@ def write_triples(path: str | os.PathLike, triples: Iterable[tuple[str, str, str
             out.write(f"{qid}\t{pos}\t{neg}\n")
             count += 1
     return count
+
+
+# Embedding shards: `emb.npy` (rows x dims, float16/float32, memory-mappable), `ids.parquet` (one
+# string column `id`, same order) and `manifest.json` describing both. Dense indexes keep the
+# same manifest, so an index built from one model cannot be searched with another's queries.
+
+EMBEDDINGS_FILE, IDS_FILE, MANIFEST_FILE = "emb.npy", "ids.parquet", "manifest.json"
+
+
+def ids_checksum(ids: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for ident in ids:
+        digest.update(ident.encode("utf-8") + b"\n")
+    return digest.hexdigest()[:32]
+
+
+def write_ids(path: str | os.PathLike, ids: Sequence[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": pa.array(list(ids), type=pa.string())}), str(path))
+
+
+def read_ids(path: str | os.PathLike) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(path), columns=["id"]).column("id").to_pylist()
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise InputFormatError(path, None, "a manifest.json written by this pipeline (incomplete or foreign dir?)")
+    return json.loads(path.read_text())
+
+
+def open_shard(directory: str | os.PathLike, expect: Mapping[str, object] | None = None) -> tuple:
+    """Memory-map a shard's embeddings and read its ids, checking them against the manifest.
+
+    `expect` holds manifest fields that must match (model, dims, dtype, pooling); a mismatch or a
+    shard whose row count, dtype or id checksum disagrees with its manifest is refused.
+    """
+    import numpy as np
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    for key, value in (expect or {}).items():
+        if manifest.get(key) != value:
+            raise InputFormatError(directory / MANIFEST_FILE, None, f"{key} = {value!r}", repr(manifest.get(key)))
+    embeddings = np.load(directory / EMBEDDINGS_FILE, mmap_mode="r")
+    ids = read_ids(directory / IDS_FILE)
+    problems = []
+    if embeddings.shape[0] != manifest["count"] or len(ids) != manifest["count"]:
+        problems.append(f"{embeddings.shape[0]} vectors and {len(ids)} ids, manifest says {manifest['count']}")
+    if str(embeddings.dtype) != manifest["dtype"]:
+        problems.append(f"dtype {embeddings.dtype}, manifest says {manifest['dtype']}")
+    if embeddings.ndim != 2 or embeddings.shape[1] != manifest["dims"]:
+        problems.append(f"shape {embeddings.shape}, manifest says {manifest['dims']} dims")
+    if ids_checksum(ids) != manifest["ids_checksum"]:
+        problems.append("ids do not match the manifest's checksum")
+    if problems:
+        raise InputFormatError(directory, None, "a consistent embedding shard", "; ".join(problems))
+    return embeddings, ids, manifest

@@ -39,10 +39,11 @@ def tokenize_queries(tokenizer: PreTrainedTokenizerBase, queries: list[str], con
 
 
 def tokenize_passages(tokenizer: PreTrainedTokenizerBase, passages: list[str], conv: Conventions,
-                      padding: str = "longest") -> BatchEncoding:
+                      padding: str | bool = "longest") -> BatchEncoding:
+    """Padded tensors, or with `padding=False` unpadded lists (for length-sorted batching)."""
     texts = [conv.doc_prefix + passage for passage in passages]
     return tokenizer(texts, max_length=conv.doc_length, truncation=True, padding=padding,
-                     add_special_tokens=False, return_tensors="pt")
+                     add_special_tokens=False, return_tensors="pt" if padding else None)
 
 
 def resolve_backbone(spec: str) -> str:

@@ -9,6 +9,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.models.backbone import (
+    CONVENTIONS_FILE,
     Conventions,
     load_backbone,
     load_conventions,
@@ -49,6 +50,14 @@ class BiEncoder(nn.Module):
     def load(cls, directory: Path) -> BiEncoder:
         conv, _ = load_conventions(directory, KIND)
         return cls(*load_backbone(str(directory)), conv)
+
+    @classmethod
+    def load_any(cls, spec: str) -> BiEncoder:
+        """Our saved student, or a published TCT-ColBERT checkpoint (Hub id or directory without our
+        conventions file, e.g. castorini/tct_colbert-msmarco), read with pyserini's conventions."""
+        if (Path(spec) / CONVENTIONS_FILE).is_file():
+            return cls.load(Path(spec))
+        return cls(*load_backbone(spec), Conventions())
 
     @classmethod
     def from_backbone(cls, spec: str, conv: Conventions = Conventions()) -> BiEncoder:

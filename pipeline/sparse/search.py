@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from pipeline.io import atomic_output, read_queries, write_run
 from pipeline.sparse.index import lucene_dir
 from pipeline.sparse.jvm import import_pyserini
+from pipeline.timing import time_each
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +50,9 @@ def bm25_search(index_dir: Path, queries_path: Path, run_path: Path, *, k1: floa
     batch_seconds = time.perf_counter() - started
     write_run(run_path, ranked, tag)
 
-    per_query_ms = []
-    for qid in qids[:latency_queries]:
-        tick = time.perf_counter()
-        searcher.search(queries[qid], k=hits)
-        per_query_ms.append((time.perf_counter() - tick) * 1000)
-    timing = {
-        "queries": len(qids), "threads": threads, "hits": hits,
-        "batch_seconds": round(batch_seconds, 3),
-        "batch_ms_per_query": round(1000 * batch_seconds / max(len(qids), 1), 3),
-        "latency_queries": len(per_query_ms),
-        "latency_ms_median": round(statistics.median(per_query_ms), 3) if per_query_ms else None,
-        "latency_ms_p95": round(_percentile(per_query_ms, 95), 3) if per_query_ms else None,
-    }
+    timing = {"queries": len(qids), "threads": threads, "hits": hits, "batch_seconds": round(batch_seconds, 3),
+              "batch_ms_per_query": round(1000 * batch_seconds / max(len(qids), 1), 3),
+              **time_each(qids[:latency_queries], lambda qid: searcher.search(queries[qid], k=hits))}
     with atomic_output(latency_path(run_path)) as out:
         json.dump(timing, out, indent=2)
     searcher.close()
@@ -72,11 +62,6 @@ def bm25_search(index_dir: Path, queries_path: Path, run_path: Path, *, k1: floa
 def latency_path(run_path: Path) -> Path:
     """The timing file written beside a run."""
     return Path(run_path).with_suffix(".latency.json")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def main(argv: list[str] | None = None) -> None:

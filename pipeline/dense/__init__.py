@@ -1,0 +1,1 @@
+"""Dense retrieval: corpus and query encoding, Faiss indexes, search, ColBERT re-ranking."""

@@ -1,0 +1,127 @@
+"""encode_corpus: one shard of the collection through a bi-encoder, as emb.npy + ids.parquet.
+
+    python -m pipeline.dense.encode --model resources/D/models/tct_inbatch --collection resources/D/collection.tsv \
+        --shard 0 --shards 8 --out resources/D/embeddings/tct_inbatch/shard-0 --dtype float16
+
+Shard i holds lines [i * N / n, (i + 1) * N / n) of the collection, so the shards partition it in
+order whatever n is. Passages are encoded in batches of similar length (less padding) and written
+back in collection order. The shard directory appears only when complete; an existing complete
+shard for the same model is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.dense.runtime import autocast_context, model_fingerprint
+from pipeline.io import (
+    EMBEDDINGS_FILE,
+    IDS_FILE,
+    MANIFEST_FILE,
+    InputFormatError,
+    atomic_directory,
+    ids_checksum,
+    iter_id_text,
+    open_shard,
+    write_ids,
+)
+from pipeline.models.backbone import tokenize_passages
+from pipeline.models.biencoder import BiEncoder
+
+log = logging.getLogger(__name__)
+
+
+def shard_bounds(total: int, shard: int, shards: int) -> tuple[int, int]:
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not in 0..{shards - 1}")
+    return total * shard // shards, total * (shard + 1) // shards
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 24), b""))
+
+
+def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shards: int = 1,
+                  dtype: str = "float16", batch_size: int = 64, bf16: bool = False) -> dict:
+    """Encode shard `shard` of `shards` of `collection` with `model`; returns the shard manifest."""
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32, not {dtype}")
+    encoder = BiEncoder.load_any(model)
+    fingerprint = model_fingerprint(model)
+    if (out / MANIFEST_FILE).is_file():
+        try:
+            _, _, manifest = open_shard(out, {"model_fingerprint": fingerprint, "dtype": dtype, "shard": shard,
+                                              "shards": shards})
+            log.info("%s is complete for this model: kept", out)
+            return manifest
+        except InputFormatError as err:
+            log.warning("re-encoding %s: %s", out, err)
+    lo, hi = shard_bounds(count_lines(collection), shard, shards)
+    ids, texts = [], []
+    for number, pid, text in iter_id_text(collection, "pid"):
+        if number > hi:
+            break
+        if number > lo:
+            ids.append(pid)
+            texts.append(text)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder.to(device).eval()
+    # Tokenise once without padding to sort by length, then pad each batch to its own longest.
+    tokens = tokenize_passages(encoder.tokenizer, texts, encoder.conv, padding=False) if texts else None
+    order = np.argsort([-len(t) for t in tokens["input_ids"]], kind="stable") if texts else np.array([], int)
+    dims = encoder.bert.config.hidden_size
+    started = time.perf_counter()
+    with atomic_directory(out) as staging:
+        vectors = np.lib.format.open_memmap(staging / EMBEDDINGS_FILE, mode="w+", dtype=dtype,
+                                            shape=(len(ids), dims))
+        with torch.inference_mode(), autocast_context(device, bf16):
+            for start in tqdm(range(0, len(order), batch_size), desc=f"encode shard {shard}", unit="batch",
+                              mininterval=5):
+                rows = order[start:start + batch_size]
+                batch = encoder.tokenizer.pad({"input_ids": [tokens["input_ids"][i] for i in rows],
+                                               "attention_mask": [tokens["attention_mask"][i] for i in rows]},
+                                              return_tensors="pt").to(device)
+                pooled = encoder(batch["input_ids"], batch["attention_mask"])
+                vectors[rows] = pooled.float().cpu().numpy().astype(dtype)
+        vectors.flush()
+        del vectors
+        write_ids(staging / IDS_FILE, ids)
+        seconds = time.perf_counter() - started
+        manifest = {"model": model, "model_fingerprint": fingerprint, "pooling": "mean",
+                    "pool_start": encoder.conv.pool_start, "doc_length": encoder.conv.doc_length, "dims": dims,
+                    "dtype": dtype, "count": len(ids), "ids_checksum": ids_checksum(ids), "shard": shard,
+                    "shards": shards, "first_line": lo + 1, "last_line": hi, "seconds": round(seconds, 3),
+                    "passages_per_second": round(len(ids) / seconds, 2) if seconds else None}
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="our student directory, or a published TCT-ColBERT checkpoint")
+    parser.add_argument("--collection", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU and CUDA)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    manifest = encode_corpus(args.model, args.collection, args.out, args.shard, args.shards, args.dtype,
+                             args.batch_size, args.bf16)
+    log.info("shard %d/%d: %d passages, %s passages/s", args.shard, args.shards, manifest["count"],
+             manifest["passages_per_second"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""build_index: gather embedding shards into a Faiss index (flat inner product by default).
+
+    python -m pipeline.dense.index --shards resources/D/embeddings/M/shard-* --collection resources/D/collection.tsv \
+        --out resources/D/indexes/dense-M --kind flat
+
+Shards are streamed in order in blocks, so peak memory stays near the size of the index itself.
+The output directory holds `index` and `docid` (the layout pyserini's FaissSearcher reads) and a
+manifest with the model, dimensions and a checksum of the ids, checked against the collection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from pipeline.io import (
+    MANIFEST_FILE,
+    InputFormatError,
+    atomic_directory,
+    atomic_output,
+    ids_checksum,
+    open_shard,
+    read_collection,
+)
+
+log = logging.getLogger(__name__)
+KINDS = ("flat", "hnsw", "ivfpq")
+BLOCK = 65536  # rows converted to float32 at a time
+
+
+def _empty_index(kind: str, dims: int, params: dict) -> faiss.Index:
+    if kind == "flat":
+        return faiss.IndexFlatIP(dims)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dims, params["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params["ef_construction"]
+        index.hnsw.efSearch = params["ef_search"]
+        return index
+    quantizer = faiss.IndexFlatIP(dims)
+    return faiss.IndexIVFPQ(quantizer, dims, params["nlist"], params["pq_m"], params["pq_bits"],
+                            faiss.METRIC_INNER_PRODUCT)
+
+
+def _training_sample(opened: list, size: int, seed: int) -> np.ndarray:
+    """A seeded sample of rows across all shards, for IVF-PQ's k-means and codebooks."""
+    total = sum(len(shard_ids) for _, shard_ids, _ in opened)
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=min(total, size), replace=False))
+    rows, offset = [], 0
+    for vectors, shard_ids, _ in opened:
+        local = picks[(picks >= offset) & (picks < offset + len(shard_ids))] - offset
+        rows.append(np.asarray(vectors[local], dtype=np.float32))
+        offset += len(shard_ids)
+    return np.concatenate(rows)
+
+
+def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str = "flat", hnsw_m: int = 32,
+                ef_construction: int = 200, ef_search: int = 256, nlist: int = 1024, pq_m: int = 48,
+                pq_bits: int = 8, nprobe: int = 32, seed: int = 13) -> dict:
+    """Build the index from shards (in shard order); returns its manifest."""
+    if kind not in KINDS:
+        raise ValueError(f"index kind must be one of {KINDS}, not {kind!r}")
+    opened = sorted((open_shard(d) for d in shard_dirs), key=lambda shard: shard[2]["shard"])
+    first = opened[0][2]
+    for directory, (_, _, manifest) in zip(shard_dirs, opened, strict=True):
+        for key in ("model_fingerprint", "dims", "shards"):
+            if manifest[key] != first[key]:
+                raise InputFormatError(Path(directory) / MANIFEST_FILE, None, f"{key} = {first[key]!r} as in shard 0",
+                                       repr(manifest[key]))
+    if [m["shard"] for _, _, m in opened] != list(range(first["shards"])):
+        raise ValueError(f"expected shards 0..{first['shards'] - 1}, got {[m['shard'] for _, _, m in opened]}")
+    ids = [pid for _, shard_ids, _ in opened for pid in shard_ids]
+    expected = ids_checksum([pid for pid, _ in read_collection(collection)])
+    if ids_checksum(ids) != expected:
+        raise InputFormatError(collection, None, "embedding ids equal to the collection's pids, in order",
+                               f"{len(ids)} ids whose checksum differs")
+    params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search, "nlist": nlist,
+              "pq_m": pq_m, "pq_bits": pq_bits, "nprobe": nprobe}
+    if kind == "ivfpq" and len(ids) < max(nlist, 2 ** pq_bits):
+        raise ValueError(f"IVF-PQ needs at least max(nlist, 2^pq_bits) = {max(nlist, 2 ** pq_bits)} vectors to "
+                         f"train, the collection has {len(ids)}: lower nlist / pq_bits or use a flat index")
+    index = _empty_index(kind, first["dims"], params)
+    if kind == "ivfpq":
+        index.train(_training_sample(opened, 64 * nlist, seed))
+    for vectors, _, _ in opened:
+        for start in range(0, vectors.shape[0], BLOCK):
+            index.add(np.ascontiguousarray(vectors[start:start + BLOCK], dtype=np.float32))
+    manifest = {key: first[key] for key in ("model", "model_fingerprint", "pooling", "dims")}
+    manifest.update({"count": len(ids), "ids_checksum": ids_checksum(ids), "kind": kind, "params": params,
+                     "shards": first["shards"], "dtype": "float32"})
+    with atomic_directory(out) as staging:
+        faiss.write_index(index, str(staging / "index"))
+        with atomic_output(staging / "docid") as handle:
+            handle.writelines(pid + "\n" for pid in ids)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", type=Path, nargs="+", required=True)
+    parser.add_argument("--collection", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--kind", choices=KINDS, default="flat")
+    parser.add_argument("--hnsw-m", type=int, default=32)
+    parser.add_argument("--ef-construction", type=int, default=200)
+    parser.add_argument("--ef-search", type=int, default=256)
+    parser.add_argument("--nlist", type=int, default=1024)
+    parser.add_argument("--pq-m", type=int, default=48)
+    parser.add_argument("--pq-bits", type=int, default=8)
+    parser.add_argument("--nprobe", type=int, default=32)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    manifest = build_index(args.shards, args.collection, args.out, args.kind, args.hnsw_m, args.ef_construction,
+                           args.ef_search, args.nlist, args.pq_m, args.pq_bits, args.nprobe)
+    log.info("%s index of %d vectors (%d dims) in %s", manifest["kind"], manifest["count"], manifest["dims"], args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.dense.encode import encode_corpus
+from pipeline.dense.index import build_index
+from pipeline.dense.queries import encode_queries
+from pipeline.dense.search import dense_search
+from pipeline.io import EMBEDDINGS_FILE, IDS_FILE, InputFormatError, open_shard, read_run, write_id_text, write_ids
+from pipeline.models.biencoder import BiEncoder
+from pipeline.sparse.jvm import import_pyserini
+from tests.conftest import make_tiny_bert
+
+WORDS = ["apple", "river", "engine", "violin", "glacier", "falcon", "copper", "tulip", "comet", "harbor", "lantern", "canyon", "pepper", "marble"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dense")
+    rng = np.random.default_rng(0)
+    passages = [(f"d{i}", " ".join(rng.choice(WORDS, size=rng.integers(3, 30)))) for i in range(230)]
+    write_id_text(root / "collection.tsv", passages)
+    write_id_text(root / "queries.tsv", [(f"q{i}", " ".join(rng.choice(WORDS, size=3))) for i in range(12)])
+    BiEncoder.from_backbone(str(make_tiny_bert(root / "bert"))).save(root / "model")
+    BiEncoder.from_backbone(str(make_tiny_bert(root / "bert2", seed=1))).save(root / "other_model")
+    encode_queries(str(root / "model"), root / "queries.tsv", root / "q", latency_queries=3)
+    return root
+
+
+def encode_sharded(root, shards, dtype="float32", name=None):
+    directories = []
+    for shard in range(shards):
+        out = root / (name or f"emb{shards}{dtype}") / f"shard-{shard}"
+        encode_corpus(str(root / "model"), root / "collection.tsv", out, shard, shards, dtype, batch_size=16)
+        directories.append(out)
+    return directories
+
+
+def test_sharded_flat_search_equals_numpy_brute_force(corpus):
+    index = corpus / "index3"
+    build_index(encode_sharded(corpus, 3), corpus / "collection.tsv", index)
+    dense_search(index, corpus / "q", corpus / "run3.trec", hits=50, latency_queries=2)
+    run = read_run(corpus / "run3.trec")
+
+    one, ids, _ = open_shard(encode_sharded(corpus, 1)[0])
+    queries, qids, _ = open_shard(corpus / "q")
+    scores = queries @ np.asarray(one, dtype=np.float32).T
+    for row, qid in enumerate(qids):
+        best = np.sort(scores[row])[::-1][:50]
+        assert list(run[qid].values()) == pytest.approx(best.tolist(), abs=1e-4)  # same ranked scores
+        cutoff = best[-1] + 1e-4  # above the 50th score nothing can be a tie at the boundary
+        assert {p for p, s in run[qid].items() if s > cutoff} == {ids[i] for i in np.where(scores[row] > cutoff)[0]}
+        for pid, score in run[qid].items():
+            assert score == pytest.approx(scores[row, ids.index(pid)], abs=1e-4)
+    timing = json.loads((corpus / "run3.latency.json").read_text())
+    assert timing["search_ms_median"] > 0 and timing["latency_ms_median"] >= timing["search_ms_median"]
+
+
+def test_shard_count_does_not_change_the_run(corpus):
+    for shards in (1, 4):
+        build_index(encode_sharded(corpus, shards), corpus / "collection.tsv", corpus / f"index{shards}")
+        dense_search(corpus / f"index{shards}", corpus / "q", corpus / f"run{shards}.trec", latency_queries=0)
+    one, four = read_run(corpus / "run1.trec"), read_run(corpus / "run4.trec")
+    # Batches hold other passages under another sharding, so float sums may differ in the last bits.
+    assert one.keys() == four.keys()
+    for qid in one:
+        assert one[qid].keys() == four[qid].keys()
+        assert all(abs(one[qid][pid] - four[qid][pid]) < 1e-4 for pid in one[qid])
+
+
+def test_existing_shard_is_kept_and_float16_is_stored_as_float16(corpus):
+    directory = encode_sharded(corpus, 2, "float16")[0]
+    stamp = (directory / EMBEDDINGS_FILE).stat().st_mtime_ns
+    encode_corpus(str(corpus / "model"), corpus / "collection.tsv", directory, 0, 2, "float16")
+    assert (directory / EMBEDDINGS_FILE).stat().st_mtime_ns == stamp
+    vectors, _, manifest = open_shard(directory)
+    assert vectors.dtype == np.float16 and manifest["dtype"] == "float16"
+
+
+def test_hnsw_recall_against_flat(corpus):
+    shards = encode_sharded(corpus, 2)
+    build_index(shards, corpus / "collection.tsv", corpus / "flat")
+    build_index(shards, corpus / "collection.tsv", corpus / "hnsw", kind="hnsw", hnsw_m=16)
+    dense_search(corpus / "flat", corpus / "q", corpus / "flat.trec", hits=10, latency_queries=0)
+    dense_search(corpus / "hnsw", corpus / "q", corpus / "hnsw.trec", hits=10, latency_queries=0)
+    flat, hnsw = read_run(corpus / "flat.trec"), read_run(corpus / "hnsw.trec")
+    recall = np.mean([len(set(flat[q]) & set(hnsw[q])) / 10 for q in flat])
+    assert recall >= 0.9
+
+
+def test_ivfpq_index_builds_and_searches(corpus):
+    build_index(encode_sharded(corpus, 2), corpus / "collection.tsv", corpus / "ivfpq", kind="ivfpq", nlist=4,
+                pq_m=8, pq_bits=4, nprobe=4)
+    with pytest.raises(ValueError, match="IVF-PQ needs at least"):
+        build_index(encode_sharded(corpus, 2), corpus / "collection.tsv", corpus / "ivfpq2", kind="ivfpq", nlist=4)
+    dense_search(corpus / "ivfpq", corpus / "q", corpus / "ivfpq.trec", hits=20, latency_queries=0)
+    assert all(len(hits) == 20 for hits in read_run(corpus / "ivfpq.trec").values())
+
+
+def test_pyserini_faiss_searcher_reads_our_index(corpus):
+    build_index(encode_sharded(corpus, 2), corpus / "collection.tsv", corpus / "for_pyserini")
+    dense_search(corpus / "for_pyserini", corpus / "q", corpus / "ours.trec", hits=10, latency_queries=0)
+    ours = read_run(corpus / "ours.trec")
+    faiss_search = import_pyserini("pyserini.search.faiss")
+    searcher = faiss_search.FaissSearcher(str(corpus / "for_pyserini"), None)
+    queries, qids, _ = open_shard(corpus / "q")
+    for row, qid in enumerate(qids):
+        hits = searcher.search(np.asarray(queries[row:row + 1], dtype=np.float32), k=10)
+        assert [h.docid for h in hits] == list(ours[qid])  # our run is written in rank order
+        assert [h.score for h in hits] == pytest.approx(list(ours[qid].values()), abs=1e-5)
+
+
+def test_bad_shards_and_mismatched_models_are_refused(corpus, tmp_path):
+    shards = encode_sharded(corpus, 2, name="bad")
+    vectors = np.load(shards[1] / EMBEDDINGS_FILE)
+    np.save(shards[1] / EMBEDDINGS_FILE, vectors[:-1])
+    with pytest.raises(InputFormatError, match="vectors and .* ids, manifest says"):
+        build_index(shards, corpus / "collection.tsv", tmp_path / "index")
+    np.save(shards[1] / EMBEDDINGS_FILE, vectors.astype(np.float16))
+    with pytest.raises(InputFormatError, match="dtype float16, manifest says float32"):
+        build_index(shards, corpus / "collection.tsv", tmp_path / "index")
+    np.save(shards[1] / EMBEDDINGS_FILE, vectors)
+    write_id_text(tmp_path / "other.tsv", [("x", "y")])
+    with pytest.raises(InputFormatError, match="embedding ids equal to the collection"):
+        build_index(shards, tmp_path / "other.tsv", tmp_path / "index")
+    ids = open_shard(shards[1])[1]
+    write_ids(shards[1] / IDS_FILE, list(reversed(ids)))
+    with pytest.raises(InputFormatError, match="checksum"):
+        build_index(shards, corpus / "collection.tsv", tmp_path / "index")
+    assert not (tmp_path / "index").exists()
+
+    build_index(encode_sharded(corpus, 1), corpus / "collection.tsv", tmp_path / "index")
+    encode_queries(str(corpus / "other_model"), corpus / "queries.tsv", tmp_path / "other_q", latency_queries=0)
+    with pytest.raises(InputFormatError, match="model_fingerprint"):
+        dense_search(tmp_path / "index", tmp_path / "other_q", tmp_path / "run.trec")

@@ -7,12 +7,21 @@ from pipeline.dense.encode import encode_corpus
 from pipeline.dense.index import build_index
 from pipeline.dense.queries import encode_queries
 from pipeline.dense.search import dense_search
-from pipeline.io import EMBEDDINGS_FILE, IDS_FILE, InputFormatError, open_shard, read_run, write_id_text, write_ids
+from pipeline.io import (
+    EMBEDDINGS_FILE,
+    IDS_FILE,
+    InputFormatError,
+    open_shard,
+    read_run,
+    write_id_text,
+    write_ids,
+)
 from pipeline.models.biencoder import BiEncoder
 from pipeline.sparse.jvm import import_pyserini
 from tests.conftest import make_tiny_bert
 
-WORDS = ["apple", "river", "engine", "violin", "glacier", "falcon", "copper", "tulip", "comet", "harbor", "lantern", "canyon", "pepper", "marble"]
+WORDS = ["apple", "river", "engine", "violin", "glacier", "falcon", "copper",
+         "tulip", "comet", "harbor", "lantern", "canyon", "pepper", "marble"]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +124,7 @@ def test_bad_shards_and_mismatched_models_are_refused(corpus, tmp_path):
     shards = encode_sharded(corpus, 2, name="bad")
     vectors = np.load(shards[1] / EMBEDDINGS_FILE)
     np.save(shards[1] / EMBEDDINGS_FILE, vectors[:-1])
-    with pytest.raises(InputFormatError, match="vectors and .* ids, manifest says"):
+    with pytest.raises(InputFormatError, match=r"vectors and .* ids, manifest says"):
         build_index(shards, corpus / "collection.tsv", tmp_path / "index")
     np.save(shards[1] / EMBEDDINGS_FILE, vectors.astype(np.float16))
     with pytest.raises(InputFormatError, match="dtype float16, manifest says float32"):

@@ -104,6 +104,31 @@ def read_collection(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
         yield pid, text
 
 
+def count_lines(path: str | os.PathLike) -> int:
+    with open(path, "rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 24), b""))
+
+
+def read_collection_shard(path: str | os.PathLike, shard: int, shards: int) -> tuple[list[str], list[str]]:
+    """Ids and texts of shard `shard` of `shards`: lines [i * N / n, (i + 1) * N / n), in order.
+
+    The shards partition the collection in order whatever their number, so gathering them in
+    shard order gives back the collection.
+    """
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not in 0..{shards - 1}")
+    total = count_lines(path)
+    lo, hi = total * shard // shards, total * (shard + 1) // shards
+    ids, texts = [], []
+    for number, pid, text in iter_id_text(path, "pid"):
+        if number > hi:
+            break
+        if number > lo:
+            ids.append(pid)
+            texts.append(text)
+    return ids, texts
+
+
 def clean_text(text: str) -> str:
     """Tabs and newlines would break the one-record-per-line TSV formats; fold them to spaces."""
     return " ".join(text.split())

@@ -11,6 +11,11 @@ LOGS = f"logs/{DS}"
 BENCH = f"{OUT}/benchmarks"
 SPARSE_RUNS = config["bm25"]["runs"]
 VARIANTS = config["student"]["variants"]
+PUBLISHED = config["dense"]["published"]
+DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
+_clashes = (set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & set(SPARSE_RUNS)) | ({"teacher"} & set(DENSE_MODELS))
+if _clashes:
+    raise ValueError(f"run names must be unique across bm25.runs, student.variants and dense.published: {_clashes}")
 
 
 wildcard_constraints:
@@ -19,6 +24,7 @@ wildcard_constraints:
     sparse="|".join(sorted(SPARSE_RUNS)),
     stem="[A-Za-z0-9._-]+",
     variant="|".join(sorted(VARIANTS)),
+    model="|".join(DENSE_MODELS),
 
 
 def rule_resource(rule_name, key, default):
@@ -148,6 +154,28 @@ def student_options(wildcards):
     if student["gather"]:
         args.append("--gather")
     return [str(a) for a in args]
+
+
+def dense_model(wildcards):
+    """Input function: the trained student's directory (published checkpoints are no file input)."""
+    return [] if wildcards.model in PUBLISHED else [f"{RES}/models/{wildcards.model}"]
+
+
+def dense_model_spec(wildcards):
+    return PUBLISHED.get(wildcards.model, f"{RES}/models/{wildcards.model}")
+
+
+def corpus_shards(wildcards):
+    return [f"{RES}/embeddings/{wildcards.model}/shard-{i}" for i in range(config["dense"]["shards"])]
+
+
+def token_shards(wildcards):
+    return [f"{RES}/tokens/teacher/shard-{i}" for i in range(config["rerank"]["shards"])]
+
+
+def index_options():
+    index = config["dense"]["index"]
+    return [str(a) for key, value in index.items() for a in (f"--{key.replace('_', '-')}", value)]
 
 
 def all_targets():

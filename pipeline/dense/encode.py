@@ -29,25 +29,14 @@ from pipeline.io import (
     InputFormatError,
     atomic_directory,
     ids_checksum,
-    iter_id_text,
     open_shard,
+    read_collection_shard,
     write_ids,
 )
 from pipeline.models.backbone import tokenize_passages
 from pipeline.models.biencoder import BiEncoder
 
 log = logging.getLogger(__name__)
-
-
-def shard_bounds(total: int, shard: int, shards: int) -> tuple[int, int]:
-    if not 0 <= shard < shards:
-        raise ValueError(f"shard {shard} is not in 0..{shards - 1}")
-    return total * shard // shards, total * (shard + 1) // shards
-
-
-def count_lines(path: Path) -> int:
-    with open(path, "rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 24), b""))
 
 
 def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shards: int = 1,
@@ -65,14 +54,7 @@ def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shard
             return manifest
         except InputFormatError as err:
             log.warning("re-encoding %s: %s", out, err)
-    lo, hi = shard_bounds(count_lines(collection), shard, shards)
-    ids, texts = [], []
-    for number, pid, text in iter_id_text(collection, "pid"):
-        if number > hi:
-            break
-        if number > lo:
-            ids.append(pid)
-            texts.append(text)
+    ids, texts = read_collection_shard(collection, shard, shards)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device).eval()
     # Tokenise once without padding to sort by length, then pad each batch to its own longest.
@@ -99,7 +81,7 @@ def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shard
         manifest = {"model": model, "model_fingerprint": fingerprint, "pooling": "mean",
                     "pool_start": encoder.conv.pool_start, "doc_length": encoder.conv.doc_length, "dims": dims,
                     "dtype": dtype, "count": len(ids), "ids_checksum": ids_checksum(ids), "shard": shard,
-                    "shards": shards, "first_line": lo + 1, "last_line": hi, "seconds": round(seconds, 3),
+                    "shards": shards, "seconds": round(seconds, 3),
                     "passages_per_second": round(len(ids) / seconds, 2) if seconds else None}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

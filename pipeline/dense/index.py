@@ -96,6 +96,7 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
         faiss.write_index(index, str(staging / "index"))
         with atomic_output(staging / "docid") as handle:
             handle.writelines(pid + "\n" for pid in ids)
+        manifest["bytes_per_passage"] = round((staging / "index").stat().st_size / max(len(ids), 1), 1)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -1,0 +1,83 @@
+"""encode_tokens: the ColBERT teacher's token embeddings of one collection shard (for re-ranking).
+
+    python -m pipeline.dense.tokens --model resources/D/models/teacher --collection resources/D/collection.tsv \
+        --shard 0 --shards 8 --out resources/D/tokens/teacher/shard-0
+
+A shard holds `tokens.npy` (all kept tokens of its passages, float16 by default), `offsets.npy`
+(passage i owns rows offsets[i]:offsets[i+1]), `ids.parquet` and a manifest. Only the tokens that
+take part in MaxSim are stored: padding and punctuation are dropped, as in ColBERT's own index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.dense.runtime import autocast_context, model_fingerprint
+from pipeline.io import IDS_FILE, MANIFEST_FILE, atomic_directory, ids_checksum, read_collection_shard, write_ids
+from pipeline.models.backbone import tokenize_passages
+from pipeline.models.colbert import ColBERT
+
+log = logging.getLogger(__name__)
+TOKENS_FILE, OFFSETS_FILE = "tokens.npy", "offsets.npy"
+
+
+def encode_tokens(model: str, collection: Path, out: Path, shard: int = 0, shards: int = 1,
+                  dtype: str = "float16", batch_size: int = 64, bf16: bool = False) -> dict:
+    """Write the token embeddings of shard `shard` of `shards`; returns the manifest."""
+    teacher = ColBERT.load(Path(model))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher.to(device).eval()
+    ids, texts = read_collection_shard(collection, shard, shards)
+    per_passage: list[np.ndarray] = [np.empty((0, teacher.linear.out_features), dtype=dtype)] * len(ids)
+    started = time.perf_counter()
+    with torch.inference_mode(), autocast_context(device, bf16):
+        for start in tqdm(range(0, len(texts), batch_size), desc=f"tokens shard {shard}", mininterval=5):
+            tokens = tokenize_passages(teacher.tokenizer, texts[start:start + batch_size], teacher.conv).to(device)
+            embeddings, mask = teacher.doc_embeddings(tokens["input_ids"], tokens["attention_mask"])
+            embeddings = embeddings.float().cpu().numpy().astype(dtype)
+            for row, keep in enumerate(mask.cpu().numpy()):
+                per_passage[start + row] = embeddings[row][keep]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(p) for p in per_passage])
+    with atomic_directory(out) as staging:
+        np.save(staging / TOKENS_FILE, np.concatenate(per_passage) if per_passage else np.empty((0, 0), dtype))
+        np.save(staging / OFFSETS_FILE, offsets)
+        write_ids(staging / IDS_FILE, ids)
+        manifest = {"model": model, "model_fingerprint": model_fingerprint(model), "kind": "tokens",
+                    "dims": teacher.linear.out_features, "dtype": dtype, "count": len(ids), "tokens": int(offsets[-1]),
+                    "ids_checksum": ids_checksum(ids), "shard": shard, "shards": shards,
+                    "bytes_per_passage": round(int(offsets[-1]) * teacher.linear.out_features
+                                               * np.dtype(dtype).itemsize / max(len(ids), 1), 1),
+                    "seconds": round(time.perf_counter() - started, 3)}
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a teacher directory written by pipeline.train.teacher")
+    parser.add_argument("--collection", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--bf16", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    manifest = encode_tokens(args.model, args.collection, args.out, args.shard, args.shards, args.dtype,
+                             args.batch_size, args.bf16)
+    log.info("shard %d: %d passages, %d tokens, %.0f bytes/passage", args.shard, manifest["count"],
+             manifest["tokens"], manifest["bytes_per_passage"])
+
+
+if __name__ == "__main__":
+    main()

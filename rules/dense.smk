@@ -1,0 +1,162 @@
+# Dense retrieval: encode_corpus (scatter over shards) -> build_index (gather) -> encode_queries ->
+# dense_run; and the multi-stage row: teacher token embeddings -> colbert_rerank of BM25 candidates.
+
+
+rule encode_corpus:
+    input:
+        model=dense_model,
+        collection=f"{RES}/collection.tsv",
+    output:
+        directory(f"{RES}/embeddings/{{model}}/shard-{{shard}}"),
+    log:
+        f"{LOGS}/encode_corpus.{{model}}.{{shard}}.log",
+    benchmark:
+        f"{BENCH}/encode_corpus.{{model}}.{{shard}}.tsv"
+    params:
+        model=dense_model_spec,
+        shards=config["dense"]["shards"],
+        dtype=config["dense"]["dtype"],
+        batch_size=config["dense"]["batch_size"],
+        bf16="--bf16" if config["dense"]["bf16"] else "",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=rule_resource("encode_corpus", "mem_mb", 16000),
+        runtime=rule_resource("encode_corpus", "runtime", 240),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.dense.encode --model {params.model:q} --collection {input.collection} --out {output}"
+        " --shard {wildcards.shard} --shards {params.shards} --dtype {params.dtype} --batch-size {params.batch_size}"
+        " {params.bf16} > {log} 2>&1"
+
+
+rule build_index:
+    input:
+        shards=corpus_shards,
+        collection=f"{RES}/collection.tsv",
+    output:
+        directory(f"{RES}/indexes/dense-{{model}}"),
+    log:
+        f"{LOGS}/build_index.{{model}}.log",
+    benchmark:
+        f"{BENCH}/build_index.{{model}}.tsv"
+    params:
+        options=index_options(),
+    threads: 2
+    resources:
+        mem_mb=rule_resource("build_index", "mem_mb", 32000),
+        runtime=rule_resource("build_index", "runtime", 120),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.dense.index --shards {input.shards} --collection {input.collection} --out {output}"
+        " {params.options:q} > {log} 2>&1"
+
+
+rule encode_queries:
+    input:
+        model=dense_model,
+        queries=f"{RES}/queries.{{split}}.tsv",
+    output:
+        directory(f"{OUT}/queries/{{model}}.{{split}}"),
+    log:
+        f"{LOGS}/encode_queries.{{model}}.{{split}}.log",
+    benchmark:
+        f"{BENCH}/encode_queries.{{model}}.{{split}}.tsv"
+    params:
+        model=dense_model_spec,
+        bf16="--bf16" if config["dense"]["bf16"] else "",
+        latency_queries=config["dense"]["latency_queries"],
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=rule_resource("encode_queries", "mem_mb", 8000),
+        runtime=rule_resource("encode_queries", "runtime", 60),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.dense.queries --model {params.model:q} --queries {input.queries} --out {output}"
+        " {params.bf16} --latency-queries {params.latency_queries} > {log} 2>&1"
+
+
+rule dense_run:
+    input:
+        index=f"{RES}/indexes/dense-{{model}}",
+        queries=f"{OUT}/queries/{{model}}.{{split}}",
+    output:
+        run=f"{OUT}/runs/{{model}}.{{split}}.trec",
+        latency=f"{OUT}/runs/{{model}}.{{split}}.latency.json",
+    log:
+        f"{LOGS}/dense_run.{{model}}.{{split}}.log",
+    benchmark:
+        f"{BENCH}/dense_run.{{model}}.{{split}}.tsv"
+    params:
+        hits=config["dense"]["hits"],
+        latency_queries=config["dense"]["latency_queries"],
+    threads: config["dense"]["threads"]
+    resources:
+        mem_mb=rule_resource("dense_run", "mem_mb", 32000),
+        runtime=rule_resource("dense_run", "runtime", 120),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.dense.search --index {input.index} --queries {input.queries} --run {output.run}"
+        " --hits {params.hits} --threads {threads} --latency-queries {params.latency_queries}"
+        " --tag {wildcards.model} > {log} 2>&1"
+
+
+rule encode_tokens:
+    input:
+        model=f"{RES}/models/teacher",
+        collection=f"{RES}/collection.tsv",
+    output:
+        directory(f"{RES}/tokens/teacher/shard-{{shard}}"),
+    log:
+        f"{LOGS}/encode_tokens.{{shard}}.log",
+    benchmark:
+        f"{BENCH}/encode_tokens.{{shard}}.tsv"
+    params:
+        shards=config["rerank"]["shards"],
+        batch_size=config["dense"]["batch_size"],
+        bf16="--bf16" if config["dense"]["bf16"] else "",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=rule_resource("encode_tokens", "mem_mb", 32000),
+        runtime=rule_resource("encode_tokens", "runtime", 240),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.dense.tokens --model {input.model} --collection {input.collection} --out {output}"
+        " --shard {wildcards.shard} --shards {params.shards} --batch-size {params.batch_size} {params.bf16}"
+        " > {log} 2>&1"
+
+
+rule colbert_rerank:
+    input:
+        model=f"{RES}/models/teacher",
+        tokens=token_shards,
+        queries=f"{RES}/queries.{{split}}.tsv",
+        candidates=f"{OUT}/runs/{{sparse}}.{{split}}.trec",
+    output:
+        run=f"{OUT}/runs/colbert-{{sparse}}.{{split}}.trec",
+        latency=f"{OUT}/runs/colbert-{{sparse}}.{{split}}.latency.json",
+    log:
+        f"{LOGS}/colbert_rerank.{{sparse}}.{{split}}.log",
+    benchmark:
+        f"{BENCH}/colbert_rerank.{{sparse}}.{{split}}.tsv"
+    params:
+        depth=config["rerank"]["depth"],
+        latency_queries=config["dense"]["latency_queries"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=rule_resource("colbert_rerank", "mem_mb", 32000),
+        runtime=rule_resource("colbert_rerank", "runtime", 240),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.dense.rerank --model {input.model} --tokens {input.tokens} --queries {input.queries}"
+        " --candidates {input.candidates} --run {output.run} --depth {params.depth}"
+        " --latency-queries {params.latency_queries} > {log} 2>&1"

@@ -1,0 +1,94 @@
+import itertools
+import json
+import random
+
+import pytest
+
+from pipeline.fusion import fuse, fuse_runs
+from pipeline.io import read_run, write_run
+from pipeline.sparse.jvm import import_pyserini
+from tests.conftest import shared_data
+
+
+def reference(sparse_hits: dict, dense_hits: dict, alpha: float, k: int = 1000, normalization=False,
+              weight_on_dense=False) -> list[tuple[str, float]]:
+    """Eq. 7 for one query, written straight from the definition."""
+    smin = min(sparse_hits.values()) if sparse_hits else 0.0
+    smax = max(sparse_hits.values()) if sparse_hits else 1.0
+    dmin = min(dense_hits.values()) if dense_hits else 0.0
+    dmax = max(dense_hits.values()) if dense_hits else 1.0
+    fused = []
+    for doc in set(sparse_hits) | set(dense_hits):
+        s, d = sparse_hits.get(doc, smin), dense_hits.get(doc, dmin)
+        if normalization:
+            s = (s - (smin + smax) / 2) / (smax - smin)
+            d = (d - (dmin + dmax) / 2) / (dmax - dmin)
+        fused.append((doc, s + alpha * d if weight_on_dense else alpha * s + d))
+    # Ties by docid descending, as trec_eval orders them.
+    by_docid = sorted(fused, key=lambda hit: hit[0], reverse=True)
+    return sorted(by_docid, key=lambda hit: -hit[1])[:k]
+
+
+def check(sparse, dense, alpha, **options):
+    ours = fuse(sparse, dense, alpha, **options)
+    for qid in set(sparse) | set(dense):
+        expected = reference(sparse.get(qid, {}), dense.get(qid, {}), alpha, **options)
+        assert [d for d, _ in ours[qid]] == [d for d, _ in expected], qid
+        assert [s for _, s in ours[qid]] == pytest.approx([s for _, s in expected], abs=1e-9)
+
+
+def test_missing_from_either_side_both_and_single_run_queries():
+    sparse = {"q1": {"a": 10.0, "b": 8.0, "c": 5.0}, "q2": {"x": 3.0}, "only_sparse": {"s": 1.0}}
+    dense = {"q1": {"b": 0.9, "d": 0.7, "a": 0.2}, "q2": {"y": 0.5, "x": 0.4}, "only_dense": {"t": 2.0}}
+    check(sparse, dense, 0.1)
+    fused = fuse(sparse, dense, 0.1)
+    # c is missing from dense: it takes dense's minimum for q1 (0.2); d takes sparse's minimum (5.0).
+    assert dict(fused["q1"])["c"] == pytest.approx(0.1 * 5.0 + 0.2)
+    assert dict(fused["q1"])["d"] == pytest.approx(0.1 * 5.0 + 0.7)
+    # A query present in one run only: the other side counts as an empty list (minimum 0).
+    assert fused["only_sparse"] == [("s", pytest.approx(0.1))] and fused["only_dense"] == [("t", 2.0)]
+
+
+def test_ties_are_broken_by_docid_descending_and_k_truncates():
+    sparse = {"q": {"a": 1.0, "b": 1.0, "c": 1.0}}
+    dense = {"q": {"a": 0.0, "b": 0.0, "c": 0.0}}
+    assert [d for d, _ in fuse(sparse, dense, 1.0)["q"]] == ["c", "b", "a"]
+    assert [d for d, _ in fuse(sparse, dense, 1.0, k=2)["q"]] == ["c", "b"]
+
+
+def test_empty_lists_and_options():
+    assert fuse({}, {}, 0.5) == {}
+    rng = random.Random(7)
+    docs = [f"d{i}" for i in range(30)]
+    sparse = {f"q{q}": {d: rng.uniform(0, 20) for d in rng.sample(docs, 12)} for q in range(20)}
+    dense = {f"q{q}": {d: round(rng.uniform(60, 70), 1) for d in rng.sample(docs, 12)} for q in range(20)}
+    for alpha, normalization, weight_on_dense in itertools.product([0.0, 0.24, 1.5], [False, True], [False, True]):
+        check(sparse, dense, alpha, k=10, normalization=normalization, weight_on_dense=weight_on_dense)
+
+
+def test_identical_to_pyserini_hybrid_on_real_peer_runs(tmp_path):
+    sparse = read_run(shared_data("peer-runs", "BM25.dl19.trec"))
+    dense = read_run(shared_data("peer-runs", "D_BERT_KD_TASB.dl19.trec"))
+    hybrid = import_pyserini("pyserini.search.hybrid")
+    faiss_module = import_pyserini("pyserini.search.faiss")
+    hit = faiss_module.DenseSearchResult
+    for normalization, weight_on_dense in [(False, False), (True, False), (False, True)]:
+        ours = fuse(sparse, dense, 0.12, k=100, normalization=normalization, weight_on_dense=weight_on_dense)
+        for qid in sparse:
+            theirs = hybrid.HybridSearcher._hybrid_results(
+                [hit(d, s) for d, s in dense[qid].items()], [hit(d, s) for d, s in sparse[qid].items()], 0.12, 100,
+                normalization, weight_on_dense)
+            # Same scores for the same documents; pyserini orders equal scores arbitrarily (set order).
+            assert {h.docid: h.score for h in theirs} == pytest.approx(dict(ours[qid]), abs=1e-9)
+            assert [h.score for h in theirs] == pytest.approx([s for _, s in ours[qid]], abs=1e-9)
+
+
+def test_fuse_runs_writes_run_and_latency(tmp_path):
+    write_run(tmp_path / "s.trec", {"q": [("a", 3.0), ("b", 1.0)]}, "s")
+    write_run(tmp_path / "d.trec", {"q": [("b", 0.5), ("c", 0.4)]}, "d")
+    (tmp_path / "s.latency.json").write_text(json.dumps({"latency_ms_median": 5.0}))
+    (tmp_path / "d.latency.json").write_text(json.dumps({"latency_ms_median": 3.0}))
+    record = fuse_runs(tmp_path / "s.trec", tmp_path / "d.trec", tmp_path / "h.trec", 0.1)
+    assert list(read_run(tmp_path / "h.trec")["q"]) == ["a", "b", "c"]  # 0.7, 0.6, 0.5
+    assert record["latency_ms_median"] == pytest.approx(5.0 + record["fusion_ms_median"], abs=1e-3)
+    assert record["sequential_ms_median"] == pytest.approx(8.0 + record["fusion_ms_median"], abs=1e-3)

@@ -1,0 +1,96 @@
+"""tune_alpha: grid search of Eq. 7's alpha on sampled training queries, for MRR@10.
+
+    python -m pipeline.tune_alpha --sparse results/D/runs/bm25.tune.trec --dense results/D/runs/tct_inbatch.tune.trec \
+        --qrels resources/D/qrels.tune.txt --curve results/D/fusion/tct_inbatch+bm25.alpha.tsv \
+        --choice results/D/fusion/tct_inbatch+bm25.alpha.json --start 0 --stop 2 --step 0.01
+
+The runs are aligned once; each alpha then costs a few array operations: the rank of a relevant
+passage is 1 + the candidates scoring higher + the equal-scoring ones trec_eval would put first
+(larger docid), so no per-alpha sort is needed. Ties between alphas go to the smallest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.fusion import align, combine, read_run_frame
+from pipeline.io import atomic_output, read_qrels
+
+log = logging.getLogger(__name__)
+
+
+def reciprocal_ranks(candidates, scores: np.ndarray, relevant: tuple[np.ndarray, np.ndarray],
+                     cutoff: int) -> np.ndarray:
+    """RR@cutoff per candidate row (trec_eval tie order), from the (row, column) cells judged relevant."""
+    rows, cols = relevant
+    best = np.full(len(candidates.qids), np.inf)
+    if len(rows):
+        row_scores = scores[rows]
+        own = scores[rows, cols][:, None]
+        later_docid = candidates.order[rows] > candidates.order[rows, cols][:, None]
+        ahead = (row_scores > own) | ((row_scores == own) & later_docid)
+        np.minimum.at(best, rows, 1 + ahead.sum(axis=1))
+    return np.where(best <= cutoff, 1.0 / best, 0.0)
+
+
+def tune_alpha(sparse_path: Path, dense_path: Path, qrels_path: Path, curve_path: Path, choice_path: Path,
+               start: float = 0.0, stop: float = 2.0, step: float = 0.01, cutoff: int = 10,
+               normalization: bool = False, weight_on_dense: bool = False) -> dict:
+    """Sweep alpha over [start, stop] by `step`; write the curve and the chosen alpha; return the choice."""
+    qrels = read_qrels(qrels_path)
+    candidates = align(read_run_frame(sparse_path), read_run_frame(dense_path), normalization)
+    judged = {q: {d for d, rel in docs.items() if rel > 0} for q, docs in qrels.items()}
+    mask = np.zeros_like(candidates.valid)
+    for row, qid in enumerate(candidates.qids):
+        if judged.get(qid):
+            mask[row] = np.isin(candidates.docids[row], list(judged[qid])) & candidates.valid[row]
+    relevant = np.nonzero(mask)
+    in_qrels = np.array([qid in qrels for qid in candidates.qids])
+    alphas = np.round(np.arange(start, stop + step / 2, step), 10)
+    started = time.perf_counter()
+    curve = []
+    for alpha in alphas:
+        rr = reciprocal_ranks(candidates, combine(candidates, float(alpha), weight_on_dense), relevant, cutoff)
+        curve.append(float(rr[in_qrels].sum() / max(len(qrels), 1)))  # absent queries count 0 (trec_eval -c)
+    seconds = time.perf_counter() - started
+    best = int(np.argmax(curve))
+    choice = {"alpha": float(alphas[best]), f"RR@{cutoff}": curve[best], "queries": len(qrels),
+              "grid": [start, stop, step], "sweep_seconds": round(seconds, 3),
+              "normalization": normalization, "weight_on_dense": weight_on_dense}
+    with atomic_output(curve_path) as out:
+        out.write(f"alpha\tRR@{cutoff}\n")
+        out.writelines(f"{a:.4f}\t{v:.6f}\n" for a, v in zip(alphas, curve, strict=True))
+    with atomic_output(choice_path) as out:
+        json.dump(choice, out, indent=2)
+    return choice
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sparse", type=Path, required=True)
+    parser.add_argument("--dense", type=Path, required=True)
+    parser.add_argument("--qrels", type=Path, required=True)
+    parser.add_argument("--curve", type=Path, required=True)
+    parser.add_argument("--choice", type=Path, required=True)
+    parser.add_argument("--start", type=float, default=0.0)
+    parser.add_argument("--stop", type=float, default=2.0)
+    parser.add_argument("--step", type=float, default=0.01)
+    parser.add_argument("--cutoff", type=int, default=10)
+    parser.add_argument("--normalization", action="store_true")
+    parser.add_argument("--weight-on-dense", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    choice = tune_alpha(args.sparse, args.dense, args.qrels, args.curve, args.choice, args.start, args.stop, args.step,
+                        args.cutoff, args.normalization, args.weight_on_dense)
+    log.info("alpha %.3f (RR@%d %.4f over %d queries; sweep %.1f s)", choice["alpha"], args.cutoff,
+             choice[f"RR@{args.cutoff}"], choice["queries"], choice["sweep_seconds"])
+
+
+if __name__ == "__main__":
+    main()

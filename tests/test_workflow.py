@@ -1,5 +1,6 @@
 """The Snakemake workflow itself: schema validation, the paper DAG, lint, and a small demo run."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +25,10 @@ def workdir(tmp_path) -> Path:
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    # Rules run `python -m pipeline...`: put this interpreter's environment first on PATH.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def overlay(workdir: Path, settings: dict) -> str:

@@ -18,6 +18,7 @@ include: "rules/data.smk"
 include: "rules/bm25.smk"
 include: "rules/train.smk"
 include: "rules/dense.smk"
+include: "rules/fusion.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
 

@@ -95,6 +95,15 @@ def read_means(metrics_path: Path) -> dict[str, float]:
     raise ValueError(f"{metrics_path}: no '{MEAN_ROW}' row")
 
 
+def read_per_query(metrics_path: Path, measure: str) -> dict[str, float]:
+    """One measure per query (without the `all` row) from a metrics file written by `evaluate_run`."""
+    with open(metrics_path, encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+        column = header.index(measure)
+        rows = (line.rstrip("\n").split("\t") for line in handle)
+        return {fields[0]: float(fields[column]) for fields in rows if fields[0] != MEAN_ROW}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True)

@@ -2,7 +2,7 @@
 
     python -m pipeline.tables --spec '<json>' --results results/D --out results/table1.tsv
 
-The spec (built from config by the workflow) lists rows `{name, run, paper: {"split/measure": value}}`
+The spec (built from config by the workflow) lists rows `{name, run, compare_to, paper: {"split/measure": value}}`
 and columns `{split, measure}`; a row's metrics are read from `<results>/metrics/<run>.<split>.tsv`
 and its latency from `<results>/runs/<run>.<latency_split>.latency.json`. Adding a method is one
 row in config. Paper figures are shown, with our difference from them, when `show_paper` is set.
@@ -15,7 +15,10 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.evaluate import read_means
+import numpy as np
+from scipy import stats
+
+from pipeline.evaluate import read_means, read_per_query
 from pipeline.io import atomic_output
 
 
@@ -31,22 +34,40 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def build_table1(spec: dict, results: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of Table 1 as strings."""
+def paired_p_value(results: Path, run: str, other: str, split: str, measure: str) -> float:
+    """Two-sided paired t-test over the per-query values of two runs on the same judged queries."""
+    ours = read_per_query(metrics_path(results, run, split), measure)
+    theirs = read_per_query(metrics_path(results, other, split), measure)
+    common = sorted(set(ours) & set(theirs))
+    a, b = np.array([ours[q] for q in common]), np.array([theirs[q] for q in common])
+    if len(common) < 2 or np.allclose(a, b):
+        return 1.0
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def build_table1(spec: dict, results: Path, level: float = 0.05) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of Table 1 as strings; `*` marks p < level against the row's `compare_to`."""
     columns = [f"{c['split']}/{c['measure']}" for c in spec["columns"]]
     show_paper = bool(spec.get("show_paper"))
-    header = ["method", *columns, "latency_ms"]
+    header = ["method", *columns, "latency_ms", "alpha", "compared_to"]
     if show_paper:
         header += [f"paper {c}" for c in columns] + [f"diff {c}" for c in columns]
     rows = []
     for row in spec["rows"]:
+        cells_ours = []
         ours = {}
-        for column in spec["columns"]:
+        for column, name in zip(spec["columns"], columns, strict=True):
             means = read_means(metrics_path(results, row["run"], column["split"]))
-            ours[f"{column['split']}/{column['measure']}"] = means[column["measure"]]
+            ours[name] = means[column["measure"]]
+            marker = ""
+            if row.get("compare_to"):
+                p = paired_p_value(results, row["run"], row["compare_to"], column["split"], column["measure"])
+                marker = "*" if p < level else ""
+            cells_ours.append(_fmt(ours[name]) + marker)
         timing_path = latency_file(results, row["run"], spec["latency_split"])
-        latency = json.loads(timing_path.read_text()).get("latency_ms_median") if timing_path.exists() else None
-        cells = [row["name"], *(_fmt(ours[c]) for c in columns), _fmt(latency, 2)]
+        timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+        cells = [row["name"], *cells_ours, _fmt(timing.get("latency_ms_median"), 2), _fmt(timing.get("alpha"), 2),
+                 row.get("compare_to", "")]
         if show_paper:
             paper = row.get("paper", {})
             cells += [_fmt(paper.get(c), 3) for c in columns]
@@ -65,6 +86,8 @@ def write_table1(spec: dict, results: Path, out_tsv: Path) -> None:
     title = f"Table 1 - {spec.get('dataset', '')}".rstrip(" -")
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    lines += ["", "`*`: paired two-sided t-test over queries against the run in `compared_to`, p < 0.05. "
+              "Latency: median ms/query on this machine (hybrids: max(sparse, dense) + fusion)."]
     if spec.get("note"):
         lines += ["", spec["note"]]
     with atomic_output(Path(out_tsv).with_suffix(".md")) as out:

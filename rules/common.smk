@@ -13,6 +13,8 @@ SPARSE_RUNS = config["bm25"]["runs"]
 VARIANTS = config["student"]["variants"]
 PUBLISHED = config["dense"]["published"]
 DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
+if "tune" in DATASET["splits"]:
+    raise ValueError("'tune' is the alpha-tuning sample drawn from train; choose another split name")
 _clashes = (set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & set(SPARSE_RUNS)) | ({"teacher"} & set(DENSE_MODELS))
 if _clashes:
     raise ValueError(f"run names must be unique across bm25.runs, student.variants and dense.published: {_clashes}")
@@ -102,7 +104,8 @@ def table1_inputs(wildcards):
     latency_split = config["evaluation"]["latency_split"]
     files = []
     for row in config["table1"]["rows"]:
-        files += [f"{OUT}/metrics/{row['run']}.{split}.tsv" for split in splits]
+        for run in filter(None, (row["run"], row.get("compare_to"))):
+            files += [f"{OUT}/metrics/{run}.{split}.tsv" for split in splits]
         files.append(f"{OUT}/runs/{row['run']}.{latency_split}.latency.json")
     return files
 
@@ -176,6 +179,33 @@ def token_shards(wildcards):
 def index_options():
     index = config["dense"]["index"]
     return [str(a) for key, value in index.items() for a in (f"--{key.replace('_', '-')}", value)]
+
+
+def alpha_setting(wildcards):
+    return config["fusion"]["alpha"].get(wildcards.sparse, "tuned")
+
+
+def fusion_inputs(wildcards):
+    """Both runs of the split, and the tuned alpha when the sparse run's alpha is tuned."""
+    inputs = {"sparse": f"{OUT}/runs/{wildcards.sparse}.{wildcards.split}.trec",
+              "dense": f"{OUT}/runs/{wildcards.model}.{wildcards.split}.trec"}
+    if alpha_setting(wildcards) == "tuned":
+        inputs["alpha"] = f"{OUT}/fusion/{wildcards.model}+{wildcards.sparse}.alpha.json"
+    return inputs
+
+
+def fusion_flags():
+    """pyserini's fusion variants, when switched on in config."""
+    switches = (("--normalization", config["fusion"]["normalization"]),
+                ("--weight-on-dense", config["fusion"]["weight_on_dense"]))
+    return [flag for flag, on in switches if on]
+
+
+def fusion_options(wildcards):
+    alpha = alpha_setting(wildcards)
+    args = (["--alpha-file", f"{OUT}/fusion/{wildcards.model}+{wildcards.sparse}.alpha.json"] if alpha == "tuned"
+            else ["--alpha", str(alpha)])
+    return args + fusion_flags()
 
 
 def all_targets():

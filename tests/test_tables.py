@@ -45,9 +45,25 @@ def test_table1_rows_columns_paper_and_difference(results):
 def test_table1_files(results):
     write_table1({**SPEC, "show_paper": False}, results, results / "table1.tsv")
     lines = (results / "table1.tsv").read_text().splitlines()
-    assert lines[0] == "method\tdev/RR@10\tdl/nDCG@10\tlatency_ms" and len(lines) == 3
+    assert lines[0] == "method\tdev/RR@10\tdl/nDCG@10\tlatency_ms\talpha\tcompared_to" and len(lines) == 3
     markdown = (results / "table1.md").read_text()
     assert "| BM25 | 0.7500 |" in markdown and "toy numbers" in markdown
+
+
+def test_significance_marker_against_compare_to(results, tmp_path):
+    # 30 queries: "good" finds the relevant passage first every time, "bad" only a third of the time.
+    qrels = {str(q): {"a": 1} for q in range(30)}
+    write_qrels(tmp_path / "qrels.txt", qrels)
+    for run, hits in {"good": lambda q: ["a", "b"], "bad": lambda q: ["a", "b"] if q % 3 == 0 else ["b", "a"]}.items():
+        write_run(tmp_path / f"{run}.trec", {q: [(d, 2.0 - i) for i, d in enumerate(hits(int(q)))] for q in qrels},
+                  run)
+        metrics = tmp_path / "metrics" / f"{run}.dev.tsv"
+        evaluate_run(tmp_path / f"{run}.trec", tmp_path / "qrels.txt", ["RR@10"], metrics)
+    spec = {"rows": [{"name": "Good", "run": "good", "compare_to": "bad"}, {"name": "Bad", "run": "bad",
+                                                                            "compare_to": "bad"}],
+            "columns": [{"split": "dev", "measure": "RR@10"}], "latency_split": "dev"}
+    header, rows = build_table1(spec, tmp_path)
+    assert rows[0][1] == "1.0000*" and rows[1][1] == "0.6667" and rows[0][header.index("compared_to")] == "bad"
 
 
 def test_missing_metrics_fail_loudly(results):

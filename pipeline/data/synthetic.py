@@ -1,141 +1,256 @@
-"""`synthetic`: a seeded, offline dataset in MS MARCO's shape, for the demo and the tests.
+"""`synthetic`: an offline MS MARCO-shaped dataset on which both BM25 and a dense encoder can win.
 
-Each passage describes a unique combination of four concepts (a quality, an object, an action and
-a place), each concept a group of real English synonyms of which the passage uses one, plus a rare
-product code and a made-up name. Queries come in two kinds:
-
-- lexical: the passage's code or name with one of its words, which BM25 matches exactly;
-- paraphrase: the same four concepts through *other* members of their synonym groups, so no
-  content word is shared with the passage and only a model that knows synonyms finds it.
-
-Splits: `train` and `dev` (one relevant passage each) and `dl`, judged on a TREC-like graded
-scale: 3 for the described passage, 2 for passages sharing three of its concepts, 1 for two, and
-a few 0s. The numbers it yields say nothing about MS MARCO or the paper.
+Each passage describes a unique combination of six concepts (who, action, quality, object,
+occasion, place). A concept is a group of real English synonyms and the passage uses one member
+of each, plus a rare product code and, for half the passages, a made-up maker name. Passages come
+in families that share most concepts, which gives near misses to rank below the target and to grade
+in `dl`. Half the queries are lexical (the code or name plus a word of the passage: exact matching
+wins); the other half paraphrase the concepts with other members of the groups, sharing no content
+word with the passage, so that only semantic matching finds it.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 
 from pipeline.data import Source, Split
 
-SLOTS = {
-    "quality": ["big large huge", "small little tiny", "quick fast rapid", "old ancient aged", "new modern novel",
-                "cheap inexpensive affordable", "strong powerful sturdy", "quiet silent noiseless",
-                "bright shiny luminous", "safe secure protected", "clean spotless immaculate", "heavy weighty hefty"],
-    "object": ["car automobile vehicle", "boat ship vessel", "house home dwelling", "doctor physician medic",
-               "lawyer attorney counsel", "shop store boutique", "phone telephone handset", "film movie motion-picture",
-               "road street highway", "child kid youngster", "bag sack pouch", "couch sofa settee",
-               "gift present offering", "job occupation profession", "river stream creek"],
-    "action": ["buy purchase acquire", "fix repair mend", "start begin commence", "help assist aid",
-               "build construct assemble", "wash scrub cleanse", "choose select pick", "sell vend retail",
-               "check inspect examine", "hoard stash stockpile", "find locate discover", "protect guard shield"],
-    "place": ["city town municipality", "village hamlet settlement", "harbor port dock", "forest woods woodland",
-              "desert wasteland badlands", "mountain peak summit", "island isle atoll", "valley dale glen",
-              "coast shore seaside", "farm ranch homestead"],
-}
-GROUPS = {slot: [group.split() for group in groups] for slot, groups in SLOTS.items()}
-ORDER = ("quality", "object", "action", "place")
-OPENINGS = [
-    "The {quality} {object} from the {place} is where people usually {action} things.",
-    "In the {place}, a {quality} {object} is the usual way to {action} goods.",
-    "Residents of the {place} {action} almost everything with a {quality} {object}.",
-    "A {quality} {object} near the {place} lets anyone {action} what they need.",
-]
-DETAILS = [
-    "{name} first wrote about it, and its product code {code} appears on every label.",
-    "Catalogues list it under code {code}, a name chosen by {name} long ago.",
-    "Its code {code} was registered by {name} in the first ledger.",
-]
-FILLERS = [
-    "Visitors often mention it in their reviews.", "Local records note several changes over the years.",
-    "Opinions about it differ from one family to another.", "Some say the tradition goes back generations.",
-    "Prices vary with the season and with demand.", "Guides recommend arriving early in the morning.",
-    "Few outsiders know the full story behind it.", "The local newspaper covered it twice last year.",
-    "Many photographs of it hang in the library.", "Children learn about it at school.",
-    "It remains a common topic of conversation.", "Experts disagree on the details of its history.",
-]
-PARAPHRASES = ["how to {action} a {quality} {object} in the {place}", "{quality} {object} to {action} near {place}",
-               "where can i {action} with a {quality} {object} by the {place}",
-               "best {quality} {object} for those who {action} in a {place}"]
-LEXICAL = ["{code} {object}", "{name} {object} {place}", "what is {code}", "{name} {action} {object}"]
-SYLLABLES = "ka lo mi ren dor sa vel tu nor bi ra zen qua li mo fen tar ix".split()
-STOPWORDS = frozenset("a an the in of to for and is it its by on at with from near where how can i who what be".split())
+# Slots in column order: person, verb, adjective, object noun, purpose, place. Groups are separated
+# by "|", members by spaces. No word is in two groups, and no template word shares a stem with a
+# lexicon word, so a paraphrase can avoid every content word of its passage (even after stemming).
+_LEXICON_TEXT = (
+    "doctor physician medic|lawyer attorney solicitor|teacher instructor tutor|child kid youngster|"
+    "student pupil learner|chef cook|policeman cop constable|pilot aviator|sailor seaman mariner|"
+    "soldier trooper|mother mom mum|father dad|boss manager supervisor|friend pal buddy|"
+    "customer client patron|author writer novelist",
+    "repair fix mend|buy purchase acquire|begin start commence|clean wash scrub|build construct assemble|"
+    "choose select pick|carry transport haul|protect guard shield|find locate discover|"
+    "destroy demolish wreck|move shift relocate|inspect check examine|hide conceal|improve enhance upgrade|"
+    "rent hire lease|discard ditch dump|measure gauge",
+    "big large huge|small little tiny|quick fast rapid|old antique vintage|modern contemporary|"
+    "cheap inexpensive affordable|expensive costly pricey|strong sturdy robust|broken damaged faulty|"
+    "quiet silent|dirty filthy grimy|heavy weighty hefty|beautiful pretty lovely|wet damp soggy|safe secure",
+    "car automobile|bicycle bike|boat ship vessel|sofa couch settee|lamp lantern|phone telephone handset|"
+    "computer pc|television tv telly|jacket coat|bag sack pouch|rug carpet mat|stove oven|"
+    "refrigerator fridge|clock timepiece|saucepan pan skillet|bucket pail|knife blade|"
+    "photograph photo picture|fence railing|dog hound canine|cat kitten feline|horse steed stallion|"
+    "lorry truck|sweater jumper pullover",
+    "wedding marriage nuptials|journey trip voyage|holiday vacation getaway|party celebration festivity|"
+    "meeting conference|race contest competition|dinner supper feast|job occupation career|hobby pastime|"
+    "emergency crisis|business enterprise company|gift present|funeral burial|concert recital",
+    "harbour port dock|city metropolis|shop store boutique|garden yard backyard|forest woods woodland|"
+    "hospital clinic infirmary|road street avenue|factory plant mill|village hamlet|beach shore seaside|"
+    "mountain peak summit|office bureau|river stream creek|airport airfield|restaurant eatery diner|"
+    "hotel inn motel|church chapel|farm ranch homestead|prison jail|cellar basement|house home residence",
+)
+_LEXICON = tuple(tuple(tuple(group.split()) for group in slot.split("|")) for slot in _LEXICON_TEXT)
+_WORDS = frozenset(word for slot in _LEXICON for group in slot for word in group)
+_PERSON, _VERB, _ADJ, _NOUN, _PURPOSE, _PLACE = range(6)
+
+_MAIN = (
+    "{aP} in {aL} explains how to {V} {aA} {N} for {aU}.",
+    "This guide shows how {aP} can {V} {aA} {N} at {aL} ahead of {aU}.",
+    "Here {aP} describes the way to {V} {aA} {N} in {aL} while getting ready for {aU}.",
+    "When {aU} is coming up, {aP} from {aL} may need to {V} {aA} {N}; these notes explain how.",
+)
+_UNNAMED = (
+    "The {N} discussed here is the {C} model.",
+    "These notes cover the {C}, {aA} {N} that many readers own.",
+    "Model {C} is the example used throughout.",
+)
+_NAMED = (
+    "The {C} {N} is made by {M}, a workshop known for careful designs.",
+    "{M} sells the {C}, and the same steps apply to similar models.",
+    "The example throughout is the {C} from {M}.",
+)
+_DETAIL = (
+    "To {V} the {N} properly, the {P} recommends taking time and working slowly.",
+    "Anyone planning {aU} at {aL} will find this advice about the {N} practical.",
+    "The {P} notes that {aA} {N} needs more care than most.",
+    "Most of the effort goes into getting ready to {V} it without mistakes.",
+)
+_FILLERS = (
+    "Readers often say the instructions are clear and easy to follow.",
+    "Local rules differ, so it is worth reading the regulations first.",
+    "The whole process usually takes about {n} hours.",
+    "Charges depend on the region and on the season.",
+    "Some people prefer to ask an expert before trying it themselves.",
+    "A second opinion can save a lot of time and money.",
+    "Drawings of each step are included at the end.",
+    "Similar advice appears in earlier manuals as well.",
+    "The tips were first published in {y} and revised {n} times since.",
+    "Feedback from readers has been mostly positive.",
+    "Nothing here replaces professional advice.",
+    "Keep the original receipt and any spare parts together.",
+    "Weather can make the task harder than expected.",
+    "About {n}0 percent of readers finish within a day.",
+    "Review the list of tools first.",
+    "This page is updated every few months.",
+)
+_SUFFIXES = ("specs", "manual", "price", "review", "parts", "warranty", "problems", "dimensions")
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+_LETTERS = "ABCDEFGHJKLMNPRSTVWXZ"
+# Half the queries of every split are lexical; the rest paraphrase.
+_LEXICAL_SHARE = 0.5
+# A new passage copies the concepts of an earlier one and changes one or two slots this often.
+_FAMILY_SHARE = 0.6
+_MIN_WORDS, _MAX_WORDS = 40, 90
 
 
-def _concepts(n_passages: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, 4) group indices, every row a distinct combination."""
-    sizes = [len(GROUPS[slot]) for slot in ORDER]
-    total = int(np.prod(sizes))
-    if n_passages > total:
-        raise ValueError(f"at most {total} distinct synthetic passages, asked for {n_passages}")
-    picks = rng.choice(total, size=n_passages, replace=False)
-    return np.stack(np.unravel_index(picks, sizes), axis=1)
+def _a(word: str) -> str:
+    """The word with its indefinite article."""
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _concepts(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group index and member index per passage and slot; every row of groups is unique."""
+    sizes = [len(slot) for slot in _LEXICON]
+    groups, members = np.zeros((n, 6), dtype=np.int64), np.zeros((n, 6), dtype=np.int64)
+    seen: set[tuple[int, ...]] = set()
+    for i in range(n):
+        while True:
+            if i and rng.random() < _FAMILY_SHARE:
+                base = int(rng.integers(i))
+                row, member = groups[base].copy(), members[base].copy()
+                for slot in rng.choice(6, size=int(rng.integers(1, 3)), replace=False):
+                    row[slot] = (row[slot] + rng.integers(1, sizes[slot])) % sizes[slot]
+                    member[slot] = rng.integers(len(_LEXICON[slot][row[slot]]))
+            else:
+                row = np.array([rng.integers(size) for size in sizes])
+                member = np.array([rng.integers(len(_LEXICON[s][row[s]])) for s in range(6)])
+            if tuple(row.tolist()) not in seen:
+                break
+        seen.add(tuple(row.tolist()))
+        groups[i], members[i] = row, member
+    return groups, members
+
+
+def _unique(rng: np.random.Generator, make, taken: set[str]) -> str:
+    """Draw from `make` until the result is new (codes and names are rare tokens by construction)."""
+    while True:
+        value = make(rng)
+        if value not in taken and value.lower() not in _WORDS:
+            taken.add(value)
+            return value
+
+
+def _code(rng: np.random.Generator) -> str:
+    return f"{_pick(rng, tuple(_LETTERS))}{_pick(rng, tuple(_LETTERS))}-{int(rng.integers(1000, 10000))}"
+
+
+def _name(rng: np.random.Generator) -> str:
+    syllables = "".join(_pick(rng, tuple(_CONSONANTS)) + _pick(rng, tuple(_VOWELS))
+                        for _ in range(int(rng.integers(2, 4))))
+    return (syllables + _pick(rng, ("", "n", "r", "x"))).capitalize()
+
+
+def _passage(rng: np.random.Generator, words: list[str], code: str, name: str | None) -> str:
+    """Main sentence first, then the product, detail and filler sentences in random order."""
+    fields = dict(zip("PVANUL", words, strict=True), C=code, M=name)
+    fields.update(aP=_a(words[_PERSON]), aA=_a(words[_ADJ]), aU=_a(words[_PURPOSE]), aL=_a(words[_PLACE]))
+    body = [_pick(rng, _NAMED if name else _UNNAMED).format(**fields), _pick(rng, _DETAIL).format(**fields)]
+    main = _pick(rng, _MAIN).format(**fields)
+    count, target = sum(len(s.split()) for s in [main, *body]), int(rng.integers(_MIN_WORDS, _MAX_WORDS + 1))
+    for index in rng.permutation(len(_FILLERS)):
+        if count >= target:
+            break
+        sentence = _FILLERS[index].format(n=int(rng.integers(2, 10)), y=int(rng.integers(1990, 2025)))
+        if count + len(sentence.split()) <= _MAX_WORDS:
+            body.append(sentence)
+            count += len(sentence.split())
+    sentences = [main] + [body[i] for i in rng.permutation(len(body))]
+    return " ".join(s[0].upper() + s[1:] for s in sentences)
+
+
+def _paraphrase(rng: np.random.Generator, target: int, groups: np.ndarray, members: np.ndarray) -> str:
+    """Name the target's concepts with other synonyms, using as many slots as make it the only match."""
+    order = [_NOUN, _VERB] + [int(s) for s in rng.permutation([_PERSON, _ADJ, _PURPOSE, _PLACE])]
+    matches, words = np.ones(len(groups), dtype=bool), {}
+    for slot in order:
+        group = _LEXICON[slot][groups[target, slot]]
+        words[slot] = _pick(rng, tuple(w for k, w in enumerate(group) if k != members[target, slot]))
+        matches &= groups[:, slot] == groups[target, slot]
+        if len(words) >= 4 and matches.sum() == 1:
+            break
+    thing = f"{_a(words[_ADJ])} {words[_NOUN]}" if _ADJ in words else _a(words[_NOUN])
+    if _PERSON in words:
+        lead = f"{_pick(rng, ('how can', 'how does', 'how should'))} {_a(words[_PERSON])} "
+    else:
+        lead = _pick(rng, ("how to ", "where to ", "how do i ", ""))
+    tails = []
+    if _PLACE in words:
+        tails.append(f"{_pick(rng, ('in', 'at'))} {_a(words[_PLACE])}")
+    if _PURPOSE in words:
+        tails.append(f"{_pick(rng, ('for', 'before'))} {_a(words[_PURPOSE])}")
+    tails = [tails[i] for i in rng.permutation(len(tails))]
+    return " ".join([f"{lead}{words[_VERB]} {thing}", *tails])
+
+
+def _lexical(rng: np.random.Generator, words: list[str], code: str, name: str | None) -> str:
+    """The passage's code or maker name, one of its own concept words, and maybe a product suffix."""
+    code = code.lower() if rng.random() < 0.3 else code
+    name = name.lower() if name and rng.random() < 0.5 else name
+    key = name if name and rng.random() < 0.5 else code
+    word = words[_NOUN] if rng.random() < 0.6 else words[int(rng.integers(6))]
+    frames = [f"{key} {word}", f"{key} {word} {_pick(rng, _SUFFIXES)}", f"{word} {key} {_pick(rng, _SUFFIXES)}"]
+    if name:
+        frames.append(f"{name} {code} {word}")
+    return _pick(rng, tuple(frames))
+
+
+def _graded(rng: np.random.Generator, target: int, groups: np.ndarray) -> dict[str, int]:
+    """TREC DL-style judgements: 3 the target, 2 shares >= 4 of 6 concepts, 1 shares 3, 0 shares 2."""
+    shared = (groups == groups[target]).sum(axis=1)
+    shared[target] = -1
+    judged = {str(target): 3}
+    for grade, pool, cap in ((2, shared >= 4, 5), (1, shared == 3, 4), (0, shared == 2, 3)):
+        for pid in rng.permutation(np.flatnonzero(pool))[:cap]:
+            judged[str(int(pid))] = grade
+    return judged
 
 
 def synthetic_source(seed: int = 13, n_passages: int = 3000, n_train: int = 2000, n_dev: int = 200,
                      n_dl: int = 30) -> Source:
-    """Generate the dataset in memory; the same seed always gives the same bytes."""
-    if n_train + n_dev + n_dl > n_passages:
-        raise ValueError(f"{n_train + n_dev + n_dl} queries need as many passages; only {n_passages} asked for")
+    """Generate the dataset; the same seed always gives byte-identical passages, queries and qrels."""
+    if n_passages < 1 or min(n_train, n_dev, n_dl) < 0:
+        raise ValueError("synthetic: n_passages must be positive and query counts non-negative")
     rng = np.random.default_rng(seed)
-    concepts = _concepts(n_passages, rng)
-    words = rng.integers(0, 3, size=(n_passages, 4))  # which synonym each passage uses
-    codes = [f"{chr(65 + a)}{chr(65 + b)}-{n}" for a, b, n in zip(
-        rng.integers(0, 26, n_passages), rng.integers(0, 26, n_passages), rng.permutation(9000)[:n_passages] + 1000,
-        strict=True)]
-    names = ["".join(rng.choice(SYLLABLES, size=3)).capitalize() for _ in range(n_passages)]
-    passages = []
-    for i in range(n_passages):
-        slots = {slot: GROUPS[slot][concepts[i, j]][words[i, j]] for j, slot in enumerate(ORDER)}
-        fillers = rng.choice(len(FILLERS), size=rng.integers(3, 7), replace=False)
-        text = " ".join([OPENINGS[rng.integers(len(OPENINGS))].format(**slots),
-                         DETAILS[rng.integers(len(DETAILS))].format(name=names[i], code=codes[i]),
-                         *(FILLERS[f] for f in fillers)])
-        passages.append((str(i), text[0].upper() + text[1:]))
+    groups, members = _concepts(rng, n_passages)
+    taken: set[str] = set()
+    codes = [_unique(rng, _code, taken) for _ in range(n_passages)]
+    names = [_unique(rng, _name, taken) if rng.random() < 0.5 else None for _ in range(n_passages)]
+    words = [[_LEXICON[s][groups[i, s]][members[i, s]] for s in range(6)] for i in range(n_passages)]
+    passages = [(str(i), _passage(rng, words[i], codes[i], names[i])) for i in range(n_passages)]
 
-    targets = rng.permutation(n_passages)
-    splits, offset = {}, 0
-    for name, count, base in (("train", n_train, 1_000_000), ("dev", n_dev, 2_000_000), ("dl", n_dl, 3_000_000)):
+    # Targets run through a permutation, so train, dev and dl ask about different passages while
+    # there are enough of them.
+    order = rng.permutation(n_passages)
+    splits, start = {}, 0
+    for split, count, first_qid in (("train", n_train, 1_000_000), ("dev", n_dev, 2_000_000), ("dl", n_dl, 3_000_000)):
         queries, qrels = {}, {}
-        for k, target in enumerate(targets[offset:offset + count]):
-            qid = str(base + k)
-            queries[qid] = _query(int(target), k % 2 == 0, concepts, words, codes, names, rng)
-            qrels[qid] = _graded(int(target), concepts, rng) if name == "dl" else {str(target): 1}
-        splits[name] = Split(queries, qrels, origin=f"synthetic(seed={seed}):{name}")
-        offset += count
-    return Source(collection=lambda: iter(passages), collection_origin=f"synthetic(seed={seed})", splits=splits,
-                  notes=[f"synthetic seed {seed}: {n_passages} passages; half the queries lexical, half paraphrased"])
-
-
-def _query(target: int, lexical: bool, concepts: np.ndarray, words: np.ndarray, codes: list[str], names: list[str],
-           rng: np.random.Generator) -> str:
-    if lexical:
-        slots = {slot: GROUPS[slot][concepts[target, j]][words[target, j]] for j, slot in enumerate(ORDER)}
-        return LEXICAL[rng.integers(len(LEXICAL))].format(code=codes[target], name=names[target].lower(), **slots)
-    # Another member of each synonym group than the passage's own word.
-    slots = {slot: GROUPS[slot][concepts[target, j]][(words[target, j] + rng.integers(1, 3)) % 3]
-             for j, slot in enumerate(ORDER)}
-    return PARAPHRASES[rng.integers(len(PARAPHRASES))].format(**slots).replace("-", " ")
-
-
-def _graded(target: int, concepts: np.ndarray, rng: np.random.Generator) -> dict[str, int]:
-    """TREC-style graded judgements for a dl query: 3 / 2 / 1 by shared concepts, a few 0s."""
-    shared = (concepts == concepts[target]).sum(axis=1)
-    judged = {str(target): 3}
-    for grade, overlap, cap in ((2, 3, 6), (1, 2, 5), (0, 0, 4)):
-        pool = np.flatnonzero(shared == overlap)
-        for pid in rng.choice(pool, size=min(cap, len(pool)), replace=False) if len(pool) else []:
-            judged[str(pid)] = grade
-    return judged
-
-
-def content_words(text: str) -> set[str]:
-    """Lower-cased words that are not stopwords (punctuation stripped): what lexical overlap means here."""
-    tokens = (token.strip(".,:;!?").lower() for token in text.split())
-    return {token for token in tokens if token and token not in STOPWORDS}
-
-
-assert all(len(group) == 3 for group in itertools.chain.from_iterable(GROUPS.values())), "three synonyms per group"
+        for offset in range(count):
+            target = int(order[(start + offset) % n_passages])
+            for _ in range(100):
+                text = (_lexical(rng, words[target], codes[target], names[target]) if rng.random() < _LEXICAL_SHARE
+                        else _paraphrase(rng, target, groups, members))
+                if text not in queries.values():
+                    break
+            else:
+                raise ValueError(f"synthetic: cannot write {count} distinct {split} queries about {n_passages} "
+                                 "passages; use more passages")
+            qid = str(first_qid + offset)
+            queries[qid] = text
+            qrels[qid] = _graded(rng, target, groups) if split == "dl" else {str(target): 1}
+        splits[split] = Split(queries, qrels, origin=f"synthetic(seed={seed}) {split}")
+        start += count
+    notes = [f"synthetic MS MARCO-shaped data, seed {seed}: {n_passages} passages over "
+             f"{sum(len(slot) for slot in _LEXICON)} English synonym groups in 6 concept slots",
+             "queries: half lexical (product code or maker name; exact matching wins), half paraphrases "
+             "(other synonyms, no shared content word; semantic matching wins)",
+             "dl qrels: 3 target, 2 shares >= 4 of 6 concepts, 1 shares 3, 0 shares 2"]
+    return Source(collection=lambda: iter(passages), collection_origin=f"synthetic(seed={seed})",
+                  splits=splits, notes=notes)

@@ -1,0 +1,83 @@
+# Hybrids (Eq. 7): sample_queries (the alpha-tuning split "tune", from train) -> tune_alpha per
+# (dense model, sparse run) -> fuse per split. Runs of the "tune" split come from the same
+# bm25_run / encode_queries / dense_run rules as every other split.
+
+
+rule sample_queries:
+    input:
+        queries=f"{RES}/queries.train.tsv",
+        qrels=f"{RES}/qrels.train.txt",
+    output:
+        queries=f"{RES}/queries.tune.tsv",
+        qrels=f"{RES}/qrels.tune.txt",
+    log:
+        f"{LOGS}/sample_queries.log",
+    benchmark:
+        f"{BENCH}/sample_queries.tsv"
+    params:
+        n=config["fusion"]["tune_queries"],
+        seed=config["fusion"]["seed"],
+    threads: 1
+    resources:
+        mem_mb=rule_resource("sample_queries", "mem_mb", 4000),
+        runtime=rule_resource("sample_queries", "runtime", 10),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.data.sample --queries {input.queries} --qrels {input.qrels} --n {params.n}"
+        " --seed {params.seed} --out-queries {output.queries} --out-qrels {output.qrels} > {log} 2>&1"
+
+
+rule tune_alpha:
+    input:
+        sparse=f"{OUT}/runs/{{sparse}}.tune.trec",
+        dense=f"{OUT}/runs/{{model}}.tune.trec",
+        qrels=f"{RES}/qrels.tune.txt",
+    output:
+        curve=f"{OUT}/fusion/{{model}}+{{sparse}}.alpha.tsv",
+        choice=f"{OUT}/fusion/{{model}}+{{sparse}}.alpha.json",
+    log:
+        f"{LOGS}/tune_alpha.{{model}}+{{sparse}}.log",
+    benchmark:
+        f"{BENCH}/tune_alpha.{{model}}+{{sparse}}.tsv"
+    params:
+        start=config["fusion"]["grid"]["start"],
+        stop=config["fusion"]["grid"]["stop"],
+        step=config["fusion"]["grid"]["step"],
+        options=fusion_flags(),
+    threads: 1
+    resources:
+        mem_mb=rule_resource("tune_alpha", "mem_mb", 16000),
+        runtime=rule_resource("tune_alpha", "runtime", 30),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.tune_alpha --sparse {input.sparse} --dense {input.dense} --qrels {input.qrels}"
+        " --curve {output.curve} --choice {output.choice} --start {params.start} --stop {params.stop}"
+        " --step {params.step} {params.options} > {log} 2>&1"
+
+
+rule fuse:
+    input:
+        unpack(fusion_inputs),
+    output:
+        run=f"{OUT}/runs/{{model}}+{{sparse}}.{{split}}.trec",
+        latency=f"{OUT}/runs/{{model}}+{{sparse}}.{{split}}.latency.json",
+    log:
+        f"{LOGS}/fuse.{{model}}+{{sparse}}.{{split}}.log",
+    benchmark:
+        f"{BENCH}/fuse.{{model}}+{{sparse}}.{{split}}.tsv"
+    params:
+        options=fusion_options,
+        hits=config["dense"]["hits"],
+        latency_queries=config["dense"]["latency_queries"],
+    threads: 1
+    resources:
+        mem_mb=rule_resource("fuse", "mem_mb", 16000),
+        runtime=rule_resource("fuse", "runtime", 30),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.fusion --sparse {input.sparse} --dense {input.dense} --run {output.run}"
+        " {params.options:q} --hits {params.hits} --latency-queries {params.latency_queries}"
+        " --tag {wildcards.model}+{wildcards.sparse} > {log} 2>&1"

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from pipeline.data.beir import beir_source
-
 from pipeline.data.prepare import prepare_data
 from pipeline.io import read_run
 from pipeline.sparse.index import build_bm25_index, lucene_dir

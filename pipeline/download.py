@@ -46,12 +46,13 @@ def _md5(path: Path, chunk_size: int = 1 << 20) -> str:
 
 
 def _offline_hint(url: str, dest: Path, reason: object) -> DownloadError:
-    return DownloadError(f"could not download {url}: {reason}. If this machine is offline, download it elsewhere "
-                         f"and place it at {dest}")
+    return DownloadError(f"could not download {url}: {reason}. If this machine is offline, download it "
+                         f"elsewhere and place it at {dest}")
 
 
-def download(url: str, dest: Path, md5: str | None = None, *, progress: bool = True, chunk_size: int = 1 << 20,
-             timeout: float = 60, headers: Mapping[str, str] | None = None) -> Path:
+def download(url: str, dest: Path, md5: str | None = None, *, progress: bool = True,
+             chunk_size: int = 1 << 20, timeout: float = 60,
+             headers: Mapping[str, str] | None = None) -> Path:
     """Fetch `url` to `dest` (resuming a previous `.part`), verify `md5` when given, and return `dest`.
 
     An existing `dest` whose md5 matches (or any existing `dest` when `md5` is None) is returned
@@ -75,12 +76,14 @@ def download(url: str, dest: Path, md5: str | None = None, *, progress: bool = T
         actual = _md5(part)
         if actual != md5:
             part.unlink()
-            raise ChecksumError(f"{url}: md5 mismatch, expected {md5}, got {actual} (the download was deleted)")
+            raise ChecksumError(f"{url}: md5 mismatch, expected {md5}, got {actual} "
+                                "(the downloaded file was deleted)")
     os.replace(part, dest)
     return dest
 
 
-def _fetch(url: str, part: Path, headers: dict[str, str], progress: bool, chunk_size: int, timeout: float) -> None:
+def _fetch(url: str, part: Path, headers: dict[str, str], progress: bool, chunk_size: int,
+           timeout: float) -> None:
     """Complete `part` from `url`, resuming from its current size when the server honours ranges."""
     offset = part.stat().st_size if part.is_file() else 0
     # Ask for the bytes as stored: a transparently gunzipped .gz would not match its checksum.
@@ -125,7 +128,7 @@ def _matches(name: str, suffix: str) -> bool:
 
 @contextlib.contextmanager
 def open_member(archive: Path, member_suffix: str) -> Iterator[BinaryIO]:
-    """Stream the member of a .zip or .tar[.gz] archive whose path is `member_suffix` or ends in `/member_suffix`.
+    """Stream the member of a .zip or .tar[.gz] archive named `member_suffix` or ending in `/member_suffix`.
 
     A zip with several such members is refused (it is cheap to list); a tar is read as a stream
     and its first such member is used.

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.io import read_triples
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_tiny_bert
 
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs"]
 
@@ -67,20 +67,33 @@ def test_lint_is_clean(workdir):
 
 @pytest.mark.slow
 def test_small_demo_dag_end_to_end(workdir):
-    small = overlay(workdir, {"dataset": {"synthetic": {"passages": 400, "train": 60, "dev": 40, "dl": 8}},
-                              "bm25": {"latency_queries": 5}})
+    """The demo profile's whole DAG on a small synthetic set with a tiny random BERT."""
+    tiny = make_tiny_bert(workdir / "tiny-bert")
+    loop = {"steps": 3, "batch_size": 4, "lr": 1.0e-4, "warmup_steps": 1, "checkpoint_every": 2, "bf16": False}
+    small = overlay(workdir, {
+        "dataset": {"synthetic": {"passages": 400, "train": 60, "dev": 40, "dl": 8}},
+        "bm25": {"latency_queries": 5}, "model": {"backbone": str(tiny)},
+        "teacher": {"train": loop}, "student": {"train": loop},
+        "dense": {"latency_queries": 5, "bf16": False}, "rerank": {"depth": 20},
+        "fusion": {"tune_queries": 30, "grid": {"start": 0.0, "stop": 1.0, "step": 0.1}}})
     result = snakemake(workdir, "--profile", "profiles/demo", "--configfile", "config.yaml",
                        "profiles/demo/workflow.yaml", small)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (workdir / "results" / "table1.tsv").read_text().splitlines()
-    assert lines[0].split("\t") == ["method", "dev/RR@10", "dev/R@1000", "dl/nDCG@10", "dl/R(rel=2)@1000",
-                                    "latency_ms"]
-    bm25 = lines[1].split("\t")
-    assert bm25[0] == "BM25" and all(0.0 < float(v) <= 1.0 for v in bm25[1:5]) and float(bm25[5]) > 0
+    header = lines[0].split("\t")
+    assert header[:6] == ["method", "dev/RR@10", "dev/R@1000", "dl/nDCG@10", "dl/R(rel=2)@1000", "latency_ms"]
+    rows = {cells[0]: dict(zip(header, cells, strict=True)) for cells in (line.split("\t") for line in lines[1:])}
+    assert list(rows) == ["BM25", "Bi-encoder (PoolAvg)", "Bi-encoder (TCT-ColBERT)", "ColBERT (multi-stage)",
+                          "PoolAvg + BM25", "TCT-ColBERT + BM25"]
+    for row in rows.values():
+        assert 0.0 <= float(row["dev/RR@10"].rstrip("*")) <= 1.0 and float(row["latency_ms"]) > 0
+    assert 0.0 <= float(rows["TCT-ColBERT + BM25"]["alpha"]) <= 1.0
+    assert rows["BM25"]["dev/RR@10"] != "0.0000"
     triples = read_triples(workdir / "resources" / "synthetic" / "triples.train.tsv")
     assert len(triples) == 60 * 4
-    for rule_log in ("prepare_data.log", "bm25_index.collection.log", "table1.log"):
+    for rule_log in ("prepare_data.log", "bm25_index.collection.log", "train_teacher.log", "table1.log"):
         assert (workdir / "logs" / "synthetic" / rule_log).exists()
+    assert (workdir / "results" / "synthetic" / "training" / "tct_inbatch.losses.csv").exists()
     assert (workdir / "results" / "synthetic" / "benchmarks" / "bm25_run.bm25.dev.tsv").exists()
     # A second run has nothing to do: every output is complete and up to date.
     again = snakemake(workdir, "--profile", "profiles/demo", "--configfile", "config.yaml",

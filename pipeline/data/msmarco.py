@@ -4,54 +4,76 @@ Splits: `train` (queries.train + qrels.train), `dev` (dev.small: the 6,980 queri
 reports) and `dl19` (TREC DL 2019 passage: NIST's graded qrels). `triples.train.small` holds text
 triples; they are mapped back to ids through the train queries and a 64-bit hash of every passage
 text, so the normalised triples file is three ids per line and the texts stay in one place.
+
+Archive members are extracted once under `<download_dir>/msmarco-passage/` and reused. The text
+triples (27 GB uncompressed) are streamed straight out of their archive when `triples` is called,
+never extracted; a `triples.train.small.tsv` already extracted there is read instead.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.data import Source, Split
-from pipeline.download import download, extract_member
+from pipeline.download import download, extract_member, open_member
 from pipeline.io import InputFormatError, atomic_output, iter_lines, read_collection, read_qrels, read_queries
-
-log = logging.getLogger(__name__)
 
 OFFICIAL_URL = "https://msmarco.z22.web.core.windows.net/msmarcoranking/"
 DL19_QRELS_URL = "https://trec.nist.gov/data/deep/2019qrels-pass.txt"
-# MD5s as published by Anserini's MS MARCO guide and recorded by ir_datasets (msmarco-passage) and
-# experimaestro-ir (triples.train.small).
+# MD5s from allenai/ir_datasets, ir_datasets/etc/downloads.json ("msmarco-passage": collectionandqueries,
+# train/docpairs/small, trec-dl-2019/queries, trec-dl-2019/qrels) at commit 02a8f21c0f51. The first
+# is also the one Anserini's MS MARCO passage guide publishes; the last matches the copy of NIST's
+# file in ../shared/data/msmarco-dl-mini.
 MD5 = {"collectionandqueries.tar.gz": "31644046b18952c1386cd4564ba2ae69",
        "triples.train.small.tar.gz": "c13bf99ff23ca691105ad12eab837f84",
        "msmarco-test2019-queries.tsv.gz": "eda71eccbe4d251af83150abe065368c",
        "2019qrels-pass.txt": "2f4be390198da108f6845c822e5ada14"}
+# Azure blob storage serves anonymous requests with its oldest API version unless asked for a newer
+# one, and that version ignores open-ended `Range: bytes=N-` requests, so an interrupted 8 GB download
+# could not resume. ir_datasets sends the same header for these files.
+AZURE_HEADERS = {"x-ms-version": "2019-12-12"}
 ARCHIVE_MEMBERS = ["collection.tsv", "queries.train.tsv", "qrels.train.tsv", "queries.dev.small.tsv",
                    "qrels.dev.small.tsv"]
+TRIPLES_MEMBER = "triples.train.small.tsv"
 
 
 def _text_key(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=8).digest(), "big")
+    digest = hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
-def _id_triples(triples: Path, collection: Path, queries: dict[str, str]) -> Iterator[tuple[str, str, str]]:
+def _decoded(stream: BinaryIO, origin: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) from a binary stream, strict UTF-8, as `pipeline.io.iter_lines` does for files."""
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            detail = f"invalid byte at column {err.start + 1}"
+            raise InputFormatError(origin, number, "UTF-8 text", detail) from None
+        yield number, line.rstrip("\r\n")
+
+
+def _id_triples(lines: Iterable[tuple[int, str]], origin: str, collection: Path,
+                queries: dict[str, str]) -> Iterator[tuple[str, str, str]]:
     """Map text triples (query, positive, negative) back to (qid, pid, pid)."""
     qid_of: dict[str, str] = {}
     for qid, text in queries.items():
         qid_of.setdefault(" ".join(text.split()), qid)
     pid_of = {_text_key(text): pid for pid, text in read_collection(collection)}
-    for number, line in iter_lines(triples):
+    for number, line in lines:
         fields = line.split("\t")
         if len(fields) != 3:
-            raise InputFormatError(triples, number, "'query<TAB>positive passage<TAB>negative passage'", line)
+            raise InputFormatError(origin, number, "'query<TAB>positive passage<TAB>negative passage'", line)
         qid = qid_of.get(" ".join(fields[0].split()))
         pos, neg = pid_of.get(_text_key(fields[1])), pid_of.get(_text_key(fields[2]))
         if qid is None:
-            raise InputFormatError(triples, number, "a query text from queries.train.tsv", fields[0])
+            raise InputFormatError(origin, number, "a query text from queries.train.tsv", fields[0])
         if pos is None or neg is None:
-            raise InputFormatError(triples, number, "passage texts from collection.tsv",
+            raise InputFormatError(origin, number, "passage texts from collection.tsv",
                                    fields[1] if pos is None else fields[2])
         yield qid, pos, neg
 
@@ -62,17 +84,20 @@ def msmarco_passage_source(download_dir: Path, base_url: str = OFFICIAL_URL,
     md5 = MD5 if md5 is None else md5
     root = Path(download_dir) / "msmarco-passage"
     base = base_url.rstrip("/") + "/"
-    archive = download(base + "collectionandqueries.tar.gz", root / "collectionandqueries.tar.gz",
-                       md5.get("collectionandqueries.tar.gz"))
-    files = {name: extract_member(archive, name, root / name) for name in ARCHIVE_MEMBERS}
-    triples_archive = download(base + "triples.train.small.tar.gz", root / "triples.train.small.tar.gz",
-                               md5.get("triples.train.small.tar.gz"))
-    text_triples = extract_member(triples_archive, "triples.train.small.tsv", root / "triples.train.small.tsv")
-    dl19_gz = download(base + "msmarco-test2019-queries.tsv.gz", root / "msmarco-test2019-queries.tsv.gz",
-                       md5.get("msmarco-test2019-queries.tsv.gz"))
+
+    def fetch(name: str) -> Path:
+        return download(base + name, root / name, md5.get(name), headers=AZURE_HEADERS)
+
+    files = {name: root / name for name in ARCHIVE_MEMBERS}
+    missing = [name for name, path in files.items() if not path.is_file()]
+    if missing:
+        archive = fetch("collectionandqueries.tar.gz")
+        for name in missing:
+            extract_member(archive, name, files[name])
     dl19_queries = root / "msmarco-test2019-queries.tsv"
     if not dl19_queries.exists():
-        with gzip.open(dl19_gz, "rb") as source, atomic_output(dl19_queries, "wb") as out:
+        packed = fetch("msmarco-test2019-queries.tsv.gz")
+        with gzip.open(packed, "rb") as source, atomic_output(dl19_queries, "wb") as out:
             out.write(source.read())
     dl19_qrels = download(dl19_qrels_url, root / "2019qrels-pass.txt", md5.get("2019qrels-pass.txt"))
 
@@ -82,10 +107,23 @@ def msmarco_passage_source(download_dir: Path, base_url: str = OFFICIAL_URL,
                        origin=f"{files['queries.train.tsv']} / {files['qrels.train.tsv']}"),
         "dev": Split(read_queries(files["queries.dev.small.tsv"]), read_qrels(files["qrels.dev.small.tsv"]),
                      origin=f"{files['queries.dev.small.tsv']} / {files['qrels.dev.small.tsv']}"),
-        "dl19": Split(read_queries(dl19_queries), read_qrels(dl19_qrels), origin=f"{dl19_queries} / {dl19_qrels}"),
+        "dl19": Split(read_queries(dl19_queries), read_qrels(dl19_qrels),
+                      origin=f"{dl19_queries} / {dl19_qrels}"),
     }
     collection = files["collection.tsv"]
-    return Source(collection=lambda: read_collection(collection), collection_origin=str(collection), splits=splits,
-                  triples=lambda: _id_triples(text_triples, collection, train_queries),
-                  triples_origin=str(text_triples),
+    extracted = root / TRIPLES_MEMBER
+    archived = root / "triples.train.small.tar.gz"
+    # Errors name the member inside the archive unless the user extracted it themselves.
+    triples_origin = str(extracted) if extracted.is_file() else f"{archived}:{TRIPLES_MEMBER}"
+
+    def triples() -> Iterator[tuple[str, str, str]]:
+        if extracted.is_file():
+            yield from _id_triples(iter_lines(extracted), str(extracted), collection, train_queries)
+            return
+        with open_member(fetch(archived.name), TRIPLES_MEMBER) as stream:
+            yield from _id_triples(_decoded(stream, triples_origin), triples_origin, collection,
+                                   train_queries)
+
+    return Source(collection=lambda: read_collection(collection), collection_origin=str(collection),
+                  splits=splits, triples=triples, triples_origin=triples_origin,
                   notes=["triples.train.small mapped from text to ids"])

@@ -27,7 +27,8 @@ include: "rules/tables.smk"
 localrules:
     all,
     prepare_data,
-    table1,
+    tables,
+    report,
 
 
 rule all:

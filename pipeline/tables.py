@@ -1,6 +1,6 @@
-"""Table 1: one row per method, evaluated columns, latency, and the paper's figures beside ours.
+"""Tables 1-3: methods (Table 1), latency per stage (Table 2), distillation conditions (Table 3).
 
-    python -m pipeline.tables --spec '<json>' --results results/D --out results/table1.tsv
+    python -m pipeline.tables --spec '<json>' --results results/D --out-dir results
 
 The spec (built from config by the workflow) lists rows `{name, run, compare_to, paper: {"split/measure": value}}`
 and columns `{split, measure}`; a row's metrics are read from `<results>/metrics/<run>.<split>.tsv`
@@ -76,31 +76,86 @@ def build_table1(spec: dict, results: Path, level: float = 0.05) -> tuple[list[s
     return header, rows
 
 
-def write_table1(spec: dict, results: Path, out_tsv: Path) -> None:
-    """Write Table 1 as TSV and as a Markdown twin (`.md` beside it)."""
-    header, rows = build_table1(spec, results)
+def _write(out_tsv: Path, title: str, header: list[str], rows: list[list[str]], notes: list[str]) -> None:
+    """A table as TSV and as a Markdown twin beside it."""
     with atomic_output(out_tsv) as out:
         out.write("\t".join(header) + "\n")
-        for cells in rows:
-            out.write("\t".join(cells) + "\n")
-    title = f"Table 1 - {spec.get('dataset', '')}".rstrip(" -")
+        out.writelines("\t".join(cells) + "\n" for cells in rows)
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    lines += ["", "`*`: paired two-sided t-test over queries against the run in `compared_to`, p < 0.05. "
-              "Latency: median ms/query on this machine (hybrids: max(sparse, dense) + fusion)."]
-    if spec.get("note"):
-        lines += ["", spec["note"]]
+    lines += [line for note in notes if note for line in ("", note)]
     with atomic_output(Path(out_tsv).with_suffix(".md")) as out:
         out.write("\n".join(lines) + "\n")
+
+
+def _json(path: Path) -> dict:
+    return json.loads(Path(path).read_text()) if Path(path).exists() else {}
+
+
+def build_table2(spec: dict, results: Path) -> tuple[list[str], list[list[str]]]:
+    """Latency per query (median, p95 in ms) of every stage, as measured by the stages themselves."""
+    split, dense, sparse = spec["split"], spec["dense"], spec["sparse"]
+    runs = Path(results) / "runs"
+    queries = _json(Path(results) / "queries" / f"{dense}.{split}" / "manifest.json")
+    dense_run = _json(runs / f"{dense}.{split}.latency.json")
+    sparse_run = _json(runs / f"{sparse}.{split}.latency.json")
+    fusion = _json(runs / f"{dense}+{sparse}.{split}.latency.json")
+    rerank = _json(runs / f"colbert-{sparse}.{split}.latency.json")
+    device = f"{queries.get('device', '?')}, {queries.get('threads', '?')} threads"
+    stages = [
+        ("query encoder (batch 1)", queries.get("latency_ms_median"), queries.get("latency_ms_p95"), device),
+        (f"dense search ({dense_run.get('index', 'flat')}, k={dense_run.get('hits', '?')})",
+         dense_run.get("search_ms_median"), dense_run.get("search_ms_p95"),
+         f"faiss, {dense_run.get('threads')} threads"),
+        (f"sparse search ({sparse}, k={sparse_run.get('hits', '?')})", sparse_run.get("latency_ms_median"),
+         sparse_run.get("latency_ms_p95"), "Lucene, 1 thread"),
+        ("fusion (Eq. 7)", fusion.get("fusion_ms_median"), fusion.get("fusion_ms_p95"), "numpy"),
+        (f"ColBERT re-rank (depth {rerank.get('depth', '?')})", rerank.get("rerank_ms_median"),
+         rerank.get("rerank_ms_p95"), device),
+        ("dense retrieval: encoder + search", dense_run.get("latency_ms_median"), None, "sum of medians"),
+        ("hybrid, as the paper: max(sparse, dense) + fusion", fusion.get("latency_ms_median"), None, "parallel"),
+        ("hybrid, measured sequentially", fusion.get("sequential_ms_median"), None, "sparse + dense + fusion"),
+    ]
+    header = ["stage", "median_ms", "p95_ms", "how"]
+    return header, [[name, _fmt(median, 3), _fmt(p95, 3), how] for name, median, p95, how in stages]
+
+
+def build_table3(spec: dict, results: Path) -> tuple[list[str], list[list[str]]]:
+    """Distillation ablation: each condition's student re-ranking the sparse run, and retrieving alone."""
+    split, measure, sparse = spec["split"], spec["measure"], spec["sparse"]
+    header = ["condition", "student", f"rerank {sparse} {split}/{measure}", f"full retrieval {split}/{measure}"]
+    rows = []
+    for condition, run in spec["conditions"].items():
+        rerank = read_means(metrics_path(results, f"{run}-rerank-{sparse}", split))[measure]
+        full = read_means(metrics_path(results, run, split))[measure]
+        rows.append([condition, run, _fmt(rerank), _fmt(full)])
+    return header, rows
+
+
+def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
+    """Tables 1-3 (TSV and Markdown) into `out_dir`; Tables 2 and 3 when the spec asks for them."""
+    header, rows = build_table1(spec, results)
+    notes = ["`*`: paired two-sided t-test over queries against the run in `compared_to`, p < 0.05. "
+             "Latency: median ms/query on this machine (hybrids: max(sparse, dense) + fusion).", spec.get("note", "")]
+    _write(Path(out_dir) / "table1.tsv", f"Table 1 - {spec.get('dataset', '')}", header, rows, notes)
+    if spec.get("table2"):
+        header, rows = build_table2(spec["table2"], results)
+        _write(Path(out_dir) / "table2_latency.tsv", "Table 2 - latency per query", header, rows,
+               ["Medians and 95th percentiles over single queries, measured by each stage on its own machine."])
+    if spec.get("table3"):
+        header, rows = build_table3(spec["table3"], results)
+        _write(Path(out_dir) / "table3_ablation.tsv", "Table 3 - distillation conditions", header, rows,
+               ["none = hard labels only (PoolAvg); triplet = KL over each query's own pair; inbatch = KL over all "
+                "2B in-batch passages (TCT-ColBERT)."])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", required=True, help="JSON table specification")
     parser.add_argument("--results", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    write_table1(json.loads(args.spec), args.results, args.out)
+    write_tables(json.loads(args.spec), args.results, args.out_dir)
 
 
 if __name__ == "__main__":

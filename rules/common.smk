@@ -89,14 +89,20 @@ def measures_for(wildcards):
     return list(dict.fromkeys(names)) or ["RR@10"]
 
 
-def table1_spec():
+def table_spec():
     return json.dumps({"dataset": DS, "rows": config["table1"]["rows"], "columns": config["evaluation"]["columns"],
                        "latency_split": config["evaluation"]["latency_split"],
-                       "show_paper": config["table1"]["show_paper"], "note": config["table1"]["note"]})
+                       "show_paper": config["table1"]["show_paper"], "note": config["table1"]["note"],
+                       "table2": config["table2"], "table3": config["table3"]})
 
 
-def table1_inputs(wildcards):
-    """Metric files of every (row, column split) and the latency file of every row."""
+def table_outputs(section, stem):
+    """The TSV and Markdown of an optional table, when config asks for it."""
+    return [f"{stem}.tsv", f"{stem}.md"] if config[section] else []
+
+
+def table_inputs(wildcards):
+    """Metric and latency files behind Tables 1-3."""
     splits = list(dict.fromkeys(c["split"] for c in config["evaluation"]["columns"]))
     unknown = [s for s in splits if s not in DATASET["splits"]]
     if unknown:
@@ -107,6 +113,16 @@ def table1_inputs(wildcards):
         for run in filter(None, (row["run"], row.get("compare_to"))):
             files += [f"{OUT}/metrics/{run}.{split}.tsv" for split in splits]
         files.append(f"{OUT}/runs/{row['run']}.{latency_split}.latency.json")
+    latency = config["table2"]
+    if latency:
+        split, dense, sparse = latency["split"], latency["dense"], latency["sparse"]
+        files += [f"{OUT}/queries/{dense}.{split}"] + [
+            f"{OUT}/runs/{run}.{split}.latency.json" for run in (dense, sparse, f"{dense}+{sparse}", f"colbert-{sparse}")]
+    ablation = config["table3"]
+    if ablation:
+        split, sparse = ablation["split"], ablation["sparse"]
+        for student in ablation["conditions"].values():
+            files += [f"{OUT}/metrics/{student}.{split}.tsv", f"{OUT}/metrics/{student}-rerank-{sparse}.{split}.tsv"]
     return files
 
 
@@ -208,8 +224,22 @@ def fusion_options(wildcards):
     return args + fusion_flags()
 
 
+def dataset_results(wildcards):
+    """Params function: results/<dataset>, where the report finds runs, metrics and curves."""
+    return OUT
+
+
+def training_curves():
+    """Loss logs of the teacher and of every trained student (published checkpoints have none)."""
+    if "train" not in DATASET["splits"]:
+        return []
+    return [f"{OUT}/training/{name}.losses.csv" for name in ["teacher", *VARIANTS]]
+
+
 def all_targets():
-    targets = ["results/table1.tsv", "results/table1.md"]
+    targets = ["results/table1.tsv", "results/table1.md", "results/report.html"]
+    targets += ["results/table2_latency.tsv"] if config["table2"] else []
+    targets += ["results/table3_ablation.tsv"] if config["table3"] else []
     if "train" in DATASET["splits"]:
         targets.append(f"{RES}/triples.train.tsv")
         targets += [f"{RES}/models/{variant}" for variant in VARIANTS]

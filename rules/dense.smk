@@ -160,3 +160,28 @@ rule colbert_rerank:
         "python -m pipeline.dense.rerank --model {input.model} --tokens {input.tokens} --queries {input.queries}"
         " --candidates {input.candidates} --run {output.run} --depth {params.depth}"
         " --latency-queries {params.latency_queries} > {log} 2>&1"
+
+
+rule dense_rerank:
+    input:
+        shards=corpus_shards,
+        queries=f"{OUT}/queries/{{model}}.{{split}}",
+        candidates=f"{OUT}/runs/{{sparse}}.{{split}}.trec",
+    output:
+        f"{OUT}/runs/{{model}}-rerank-{{sparse}}.{{split}}.trec",
+    log:
+        f"{LOGS}/dense_rerank.{{model}}.{{sparse}}.{{split}}.log",
+    benchmark:
+        f"{BENCH}/dense_rerank.{{model}}.{{sparse}}.{{split}}.tsv"
+    params:
+        depth=config["rerank"]["depth"],
+    threads: 1
+    resources:
+        mem_mb=rule_resource("dense_rerank", "mem_mb", 32000),
+        runtime=rule_resource("dense_rerank", "runtime", 60),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.dense.rescore --shards {input.shards} --queries {input.queries}"
+        " --candidates {input.candidates} --run {output} --depth {params.depth}"
+        " --tag {wildcards.model}-rerank-{wildcards.sparse} > {log} 2>&1"

@@ -1,24 +1,57 @@
-# table1: one row per configured method (config table1.rows), TSV and Markdown.
+# tables: Table 1 (config table1.rows), Table 2 (latency per stage), Table 3 (distillation
+# conditions), each as TSV and Markdown.
 
 
-rule table1:
+rule tables:
     input:
-        table1_inputs,
+        table_inputs,
     output:
         tsv="results/table1.tsv",
         md="results/table1.md",
+        latency=table_outputs("table2", "results/table2_latency"),
+        ablation=table_outputs("table3", "results/table3_ablation"),
     log:
-        f"{LOGS}/table1.log",
+        f"{LOGS}/tables.log",
     benchmark:
-        f"{BENCH}/table1.tsv"
+        f"{BENCH}/tables.tsv"
     params:
-        spec=table1_spec(),
+        spec=table_spec(),
         results=OUT,
+        out_dir=output_dir,
     threads: 1
     resources:
-        mem_mb=rule_resource("table1", "mem_mb", 1000),
-        runtime=rule_resource("table1", "runtime", 5),
+        mem_mb=rule_resource("tables", "mem_mb", 2000),
+        runtime=rule_resource("tables", "runtime", 10),
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.tables --spec {params.spec:q} --results {params.results} --out {output.tsv} > {log} 2>&1"
+        "python -m pipeline.tables --spec {params.spec:q} --results {params.results} --out-dir {params.out_dir}"
+        " > {log} 2>&1"
+
+
+rule report:
+    input:
+        tables=rules.tables.output,
+        losses=training_curves(),
+    output:
+        report="results/report.html",
+        figures=directory("results/figures"),
+    log:
+        f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCH}/report.tsv"
+    params:
+        results=dataset_results,
+        tables=output_dir,
+        scatter=config["report"]["scatter"],
+        split=config["report"]["split"],
+        measure=config["report"]["measure"],
+    threads: 1
+    resources:
+        mem_mb=rule_resource("report", "mem_mb", 4000),
+        runtime=rule_resource("report", "runtime", 10),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.report --results {params.results} --tables {params.tables} --out {output.report}"
+        " --scatter {params.scatter} --split {params.split} --measure {params.measure:q} > {log} 2>&1"

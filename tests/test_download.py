@@ -1,9 +1,15 @@
 import hashlib
+import io
 import socket
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.download import ChecksumError, DownloadError, download
+from pipeline.download import ChecksumError, DownloadError, download, extract_member
+from pipeline.io import InputFormatError
 from tests.http_fixture import serve
 
 
@@ -68,3 +74,88 @@ def test_offline_and_http_errors_are_explained(served, tmp_path):
         download(f"http://127.0.0.1:{closed}/x", tmp_path / "x", progress=False, timeout=5)
     with serve(folder) as (url, _), pytest.raises(DownloadError, match="HTTP 404"):
         download(url + "missing.bin", tmp_path / "missing.bin", progress=False)
+
+
+def test_complete_part_is_finished_without_refetching(served, tmp_path):
+    folder, payload = served
+    (tmp_path / "data.bin.part").write_bytes(payload)  # a crash between the last byte and the rename
+    with serve(folder) as (url, handler):
+        download(url + "data.bin", tmp_path / "data.bin", md5(payload), progress=False)
+    assert handler.ranges_seen == [f"bytes={len(payload)}-"]
+    assert (tmp_path / "data.bin").read_bytes() == payload
+
+
+def test_existing_file_with_a_wrong_checksum_is_fetched_again(served, tmp_path):
+    folder, payload = served
+    (tmp_path / "data.bin").write_bytes(b"an older version")
+    with serve(folder) as (url, _):
+        download(url + "data.bin", tmp_path / "data.bin", md5(payload), progress=False)
+    assert (tmp_path / "data.bin").read_bytes() == payload
+
+
+class _CutOff(BaseHTTPRequestHandler):
+    """Announces the whole payload, sends half of it, then drops the connection."""
+
+    payload = b""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload[: len(self.payload) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_interrupted_transfer_keeps_the_part_and_resumes(served, tmp_path):
+    folder, payload = served
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Cut", (_CutOff,), {"payload": payload}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DownloadError, match="place it at"):
+            download(f"http://127.0.0.1:{server.server_address[1]}/data.bin", tmp_path / "data.bin",
+                     md5(payload), progress=False, timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (tmp_path / "data.bin.part").stat().st_size == len(payload) // 2
+    with serve(folder) as (url, handler):
+        download(url + "data.bin", tmp_path / "data.bin", md5(payload), progress=False)
+    assert handler.ranges_seen == [f"bytes={len(payload) // 2}-"]
+    assert (tmp_path / "data.bin").read_bytes() == payload
+
+
+def _archives(folder, members: dict[str, bytes]):
+    with tarfile.open(folder / "bundle.tar.gz", "w:gz") as bundle:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
+    with zipfile.ZipFile(folder / "bundle.zip", "w") as bundle:
+        for name, data in members.items():
+            bundle.writestr(name, data)
+    return folder / "bundle.tar.gz", folder / "bundle.zip"
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["tar.gz", "zip"])
+def test_extract_member_by_path_suffix(tmp_path, kind):
+    archive = _archives(tmp_path, {"set/qrels/test.tsv": b"t", "set/mycorpus.jsonl": b"x"})[kind]
+    assert extract_member(archive, "qrels/test.tsv", tmp_path / "out" / "test.tsv").read_bytes() == b"t"
+    pattern = r"bundle\.(tar\.gz|zip): expected .*member named \.\.\./corpus\.jsonl"
+    with pytest.raises(InputFormatError, match=pattern):  # mycorpus.jsonl is not a match
+        extract_member(archive, "corpus.jsonl", tmp_path / "out" / "corpus.jsonl")
+    assert not (tmp_path / "out" / "corpus.jsonl").exists()
+
+
+def test_ambiguous_zip_member_and_broken_archive_are_refused(tmp_path):
+    _, zipped = _archives(tmp_path, {"a/corpus.jsonl": b"1", "b/corpus.jsonl": b"2"})
+    with pytest.raises(InputFormatError, match="exactly one member"):
+        extract_member(zipped, "corpus.jsonl", tmp_path / "corpus.jsonl")
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes((tmp_path / "bundle.tar.gz").read_bytes()[:40])
+    with pytest.raises(InputFormatError, match=r"broken\.tar\.gz: expected a complete, readable archive"):
+        extract_member(broken, "corpus.jsonl", tmp_path / "corpus.jsonl")
+    assert not (tmp_path / "corpus.jsonl").exists()

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.evaluate import evaluate_run
 from pipeline.io import write_qrels, write_run
-from pipeline.tables import build_table1, write_table1
+from pipeline.tables import build_table1, build_table3, write_tables
 
 SPEC = {
     "dataset": "toy",
@@ -43,7 +43,7 @@ def test_table1_rows_columns_paper_and_difference(results):
 
 
 def test_table1_files(results):
-    write_table1({**SPEC, "show_paper": False}, results, results / "table1.tsv")
+    write_tables({**SPEC, "show_paper": False}, results, results)
     lines = (results / "table1.tsv").read_text().splitlines()
     assert lines[0] == "method\tdev/RR@10\tdl/nDCG@10\tlatency_ms\talpha\tcompared_to" and len(lines) == 3
     markdown = (results / "table1.md").read_text()
@@ -69,3 +69,12 @@ def test_significance_marker_against_compare_to(results, tmp_path):
 def test_missing_metrics_fail_loudly(results):
     with pytest.raises(FileNotFoundError):
         build_table1({**SPEC, "rows": [{"name": "X", "run": "missing"}]}, results)
+
+
+def test_table3_reads_rerank_and_full_runs(results):
+    for run in ("bm25-rerank-x", "other-rerank-x"):
+        (results / "metrics" / f"{run}.dev.tsv").write_text("qid\tRR@10\nall\t0.250000\n")
+    header, rows = build_table3({"split": "dev", "measure": "RR@10", "sparse": "x",
+                                 "conditions": {"none": "bm25", "inbatch": "other"}}, results)
+    assert header[2] == "rerank x dev/RR@10"
+    assert rows == [["none", "bm25", "0.2500", "0.7500"], ["inbatch", "other", "0.2500", "0.7500"]]

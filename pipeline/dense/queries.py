@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.dense.runtime import autocast_context, model_fingerprint
+from pipeline.dense.runtime import autocast_context, device_name, model_fingerprint
 from pipeline.io import (
     EMBEDDINGS_FILE,
     IDS_FILE,
@@ -49,7 +49,8 @@ def encode_queries(model: str, queries_path: Path, out: Path, batch_size: int = 
     vectors = np.concatenate(chunks).astype(np.float32)
     manifest = {"model": model, "model_fingerprint": model_fingerprint(model), "pooling": "mean",
                 "dims": int(vectors.shape[1]), "dtype": "float32", "count": len(ids), "ids_checksum": ids_checksum(ids),
-                "queries": str(queries_path), "device": device.type, "threads": torch.get_num_threads(), **latency}
+                "queries": str(queries_path), "device": device_name(device), "threads": torch.get_num_threads(),
+                **latency}
     with atomic_directory(out) as staging:
         np.save(staging / EMBEDDINGS_FILE, vectors)
         write_ids(staging / IDS_FILE, ids)

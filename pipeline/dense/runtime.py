@@ -25,3 +25,17 @@ def model_fingerprint(spec: str) -> str:
             for chunk in iter(lambda: handle.read(1 << 24), b""):
                 digest.update(chunk)
     return digest.hexdigest()[:32]
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model, for latency tables."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"

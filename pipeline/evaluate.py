@@ -20,6 +20,7 @@ from pathlib import Path
 import ir_measures
 import pytrec_eval
 
+from pipeline.cli import run_stage
 from pipeline.io import Qrels, Run, atomic_output, read_qrels, read_run
 
 log = logging.getLogger(__name__)
@@ -117,4 +118,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.cli import run_stage
 from pipeline.io import InputFormatError, Run, atomic_output, write_run
 from pipeline.timing import time_each
 
@@ -169,4 +170,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

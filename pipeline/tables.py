@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from pipeline.cli import run_stage
 from pipeline.evaluate import read_means, read_per_query
 from pipeline.io import atomic_output
 
@@ -159,4 +160,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cli import run_stage
 from pipeline.fusion import align, combine, read_run_frame
 from pipeline.io import atomic_output, read_qrels
 
@@ -93,4 +94,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -143,3 +143,17 @@ def test_bad_shards_and_mismatched_models_are_refused(corpus, tmp_path):
     encode_queries(str(corpus / "other_model"), corpus / "queries.tsv", tmp_path / "other_q", latency_queries=0)
     with pytest.raises(InputFormatError, match="model_fingerprint"):
         dense_search(tmp_path / "index", tmp_path / "other_q", tmp_path / "run.trec")
+
+
+def test_offline_published_checkpoint_fails_with_a_message(corpus, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "pipeline.dense.queries", "--model", "castorini/tct_colbert-msmarco",
+                             "--queries", str(corpus / "queries.tsv"), "--out", str(tmp_path / "q")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2
+    assert "error: cannot load model 'castorini/tct_colbert-msmarco'" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "q").exists()

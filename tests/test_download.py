@@ -1,3 +1,4 @@
+import contextlib
 import hashlib
 import io
 import socket
@@ -76,12 +77,49 @@ def test_offline_and_http_errors_are_explained(served, tmp_path):
         download(url + "missing.bin", tmp_path / "missing.bin", progress=False)
 
 
+class _Scripted(BaseHTTPRequestHandler):
+    """Answers every GET with `status`, `headers` and `body` (which may be shorter than announced)."""
+
+    status, headers_out, body = 200, {}, b""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        for name, value in self.headers_out.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(self.body)
+        self.close_connection = True
+
+
+@contextlib.contextmanager
+def scripted(status: int, headers: dict[str, str], body: bytes = b""):
+    handler = type("Handler", (_Scripted,), {"status": status, "headers_out": headers, "body": body})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_complete_part_is_finished_without_refetching(served, tmp_path):
-    folder, payload = served
+    _, payload = served
     (tmp_path / "data.bin.part").write_bytes(payload)  # a crash between the last byte and the rename
+    with scripted(416, {"Content-Range": f"bytes */{len(payload)}"}) as url:
+        download(url + "data.bin", tmp_path / "data.bin", md5(payload), progress=False)
+    assert (tmp_path / "data.bin").read_bytes() == payload
+
+
+def test_part_longer_than_the_remote_file_is_restarted(served, tmp_path):
+    folder, payload = served
+    (tmp_path / "data.bin.part").write_bytes(payload + b"stale tail")
     with serve(folder) as (url, handler):
         download(url + "data.bin", tmp_path / "data.bin", md5(payload), progress=False)
-    assert handler.ranges_seen == [f"bytes={len(payload)}-"]
+    assert handler.ranges_seen == [f"bytes={len(payload) + 10}-"]
     assert (tmp_path / "data.bin").read_bytes() == payload
 
 
@@ -93,38 +131,16 @@ def test_existing_file_with_a_wrong_checksum_is_fetched_again(served, tmp_path):
     assert (tmp_path / "data.bin").read_bytes() == payload
 
 
-class _CutOff(BaseHTTPRequestHandler):
-    """Announces the whole payload, sends half of it, then drops the connection."""
-
-    payload = b""
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.payload)))
-        self.end_headers()
-        self.wfile.write(self.payload[: len(self.payload) // 2])
-        self.wfile.flush()
-        self.close_connection = True
-
-
 def test_interrupted_transfer_keeps_the_part_and_resumes(served, tmp_path):
     folder, payload = served
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Cut", (_CutOff,), {"payload": payload}))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(DownloadError, match="place it at"):
-            download(f"http://127.0.0.1:{server.server_address[1]}/data.bin", tmp_path / "data.bin",
-                     md5(payload), progress=False, timeout=5)
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert (tmp_path / "data.bin.part").stat().st_size == len(payload) // 2
+    half = len(payload) // 2
+    with scripted(200, {"Content-Length": str(len(payload))}, payload[:half]) as url, \
+            pytest.raises(DownloadError, match="place it at"):
+        download(url + "data.bin", tmp_path / "data.bin", md5(payload), progress=False, timeout=5)
+    assert (tmp_path / "data.bin.part").stat().st_size == half
     with serve(folder) as (url, handler):
         download(url + "data.bin", tmp_path / "data.bin", md5(payload), progress=False)
-    assert handler.ranges_seen == [f"bytes={len(payload) // 2}-"]
+    assert handler.ranges_seen == [f"bytes={half}-"]
     assert (tmp_path / "data.bin").read_bytes() == payload
 
 

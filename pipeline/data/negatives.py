@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cli import run_stage
 from pipeline.io import read_qrels, read_run, write_triples
 
 log = logging.getLogger(__name__)
@@ -62,4 +63,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

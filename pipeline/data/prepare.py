@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.cli import run_stage
 from pipeline.data import Source
 from pipeline.io import InputFormatError, write_id_text, write_qrels, write_triples
 
@@ -190,4 +191,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cli import run_stage
 from pipeline.io import read_qrels, read_queries, write_id_text, write_qrels
 
 log = logging.getLogger(__name__)
@@ -48,4 +49,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -94,6 +94,7 @@ _LETTERS = "ABCDEFGHJKLMNPRSTVWXZ"
 _LEXICAL_SHARE = 0.5
 # A new passage copies the concepts of an earlier one and changes one or two slots this often.
 _FAMILY_SHARE = 0.6
+_COMMON_SHARE = 0.75
 _MIN_WORDS, _MAX_WORDS = 40, 90
 
 
@@ -104,6 +105,11 @@ def _a(word: str) -> str:
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
+
+
+def _member(rng: np.random.Generator, size: int) -> int:
+    """Passages mostly use a group's first, commonest word; paraphrases then use the others."""
+    return 0 if rng.random() < _COMMON_SHARE else int(rng.integers(1, size))
 
 
 def _concepts(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,10 +124,10 @@ def _concepts(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]
                 row, member = groups[base].copy(), members[base].copy()
                 for slot in rng.choice(6, size=int(rng.integers(1, 3)), replace=False):
                     row[slot] = (row[slot] + rng.integers(1, sizes[slot])) % sizes[slot]
-                    member[slot] = rng.integers(len(_LEXICON[slot][row[slot]]))
+                    member[slot] = _member(rng, len(_LEXICON[slot][row[slot]]))
             else:
                 row = np.array([rng.integers(size) for size in sizes])
-                member = np.array([rng.integers(len(_LEXICON[s][row[s]])) for s in range(6)])
+                member = np.array([_member(rng, len(_LEXICON[s][row[s]])) for s in range(6)])
             if tuple(row.tolist()) not in seen:
                 break
         seen.add(tuple(row.tolist()))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.cli import run_stage
 from pipeline.dense.runtime import autocast_context, model_fingerprint
 from pipeline.io import (
     EMBEDDINGS_FILE,
@@ -106,4 +107,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

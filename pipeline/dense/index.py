@@ -18,6 +18,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from pipeline.cli import run_stage
 from pipeline.io import (
     MANIFEST_FILE,
     InputFormatError,
@@ -122,4 +123,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cli import run_stage
 from pipeline.dense.runtime import autocast_context, device_name, model_fingerprint
 from pipeline.io import (
     EMBEDDINGS_FILE,
@@ -73,4 +74,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

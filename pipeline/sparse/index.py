@@ -12,6 +12,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from pipeline.cli import run_stage
 from pipeline.io import atomic_directory, read_collection
 from pipeline.sparse.jvm import start_jvm
 
@@ -74,4 +75,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.cli import run_stage
 from pipeline.io import atomic_output, read_queries, write_run
 from pipeline.sparse.index import lucene_dir
 from pipeline.sparse.jvm import import_pyserini
@@ -86,4 +87,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
+from pipeline.cli import run_stage
 from pipeline.models.backbone import Conventions, tokenize_passages, tokenize_queries
 from pipeline.models.biencoder import BiEncoder
 from pipeline.models.colbert import ColBERT, maxsim
@@ -141,4 +142,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.cli import run_stage
 from pipeline.models.backbone import Conventions, tokenize_passages, tokenize_queries
 from pipeline.models.colbert import ColBERT
 from pipeline.train.batches import Batch, TripleBatches
@@ -78,4 +79,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

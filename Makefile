@@ -25,11 +25,11 @@ demo: $(STAMP)
 	@cat results/table1.md
 
 test: $(STAMP)
-	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/ruff check --no-cache pipeline tests benchmarks
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/ruff check --no-cache pipeline tests benchmarks
 	$(BIN)/snakemake --lint --configfile config.yaml
 
 clean-demo:

@@ -59,7 +59,6 @@ def test_k1_b_change_scores(tiny_index, tmp_path):
 def test_scifact_reproduces_pyserini_beir_flat(tmp_path):
     """Anserini BM25 (k1 0.9, b 0.4, title + text) on SciFact test: pyserini's published BEIR figures."""
     from pipeline.data.beir import beir_source
-
     from pipeline.data.prepare import prepare_data
 
     source = beir_source("scifact", shared_data("scifact"), tmp_path / "downloads", ["test"])

@@ -33,4 +33,5 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config.yaml
 
 clean-demo:
-	rm -rf results/synthetic resources/synthetic logs/synthetic results/table1.*
+	rm -rf results/synthetic resources/synthetic logs/synthetic results/table*.tsv results/table*.md \
+		results/report.html results/figures

@@ -101,9 +101,12 @@ def build_report(results: Path, tables: Path, out: Path, scatter: tuple[str, str
              "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>",
              f"<h1>TCT-ColBERT pipeline: {html.escape(results.name)}</h1>"]
-    for name, title in (("table1", "Table 1: effectiveness and latency"), ("table2_latency", "Table 2: latency"),
-                        ("table3_ablation", "Table 3: distillation conditions")):
-        path = tables / f"{name}.tsv"
+    titled = [(tables / f"{name}.tsv", title) for name, title in (
+        ("table1", "Table 1: effectiveness and latency"), ("table2_latency", "Table 2: latency"),
+        ("table3_ablation", "Table 3: distillation conditions"))]
+    titled += [(path, f"Approximate indexes against flat search: {path.stem}")
+               for path in sorted((results / "indexes").glob("*.tsv"))]
+    for path, title in titled:
         if path.exists():
             frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
             parts += [f"<h2>{title}</h2>", frame.to_html(index=False, escape=True)]

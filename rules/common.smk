@@ -192,9 +192,17 @@ def token_shards(wildcards):
     return [f"{RES}/tokens/teacher/shard-{i}" for i in range(config["rerank"]["shards"])]
 
 
-def index_options():
-    index = config["dense"]["index"]
+def index_options(with_kind=True):
+    index = {key: value for key, value in config["dense"]["index"].items() if with_kind or key != "kind"}
     return [str(a) for key, value in index.items() for a in (f"--{key.replace('_', '-')}", value)]
+
+
+def index_comparisons():
+    """compare_indexes outputs: approximate kinds against flat, per dense model, on one split."""
+    compare = config["dense"]["compare"]
+    if not compare["kinds"]:
+        return []
+    return [f"{OUT}/indexes/{model}.{compare['split']}.tsv" for model in DENSE_MODELS]
 
 
 def alpha_setting(wildcards):
@@ -240,6 +248,7 @@ def all_targets():
     targets = ["results/table1.tsv", "results/table1.md", "results/report.html"]
     targets += ["results/table2_latency.tsv"] if config["table2"] else []
     targets += ["results/table3_ablation.tsv"] if config["table3"] else []
+    targets += index_comparisons()
     if "train" in DATASET["splits"]:
         targets.append(f"{RES}/triples.train.tsv")
         targets += [f"{RES}/models/{variant}" for variant in VARIANTS]

@@ -54,6 +54,34 @@ rule build_index:
         " {params.options:q} > {log} 2>&1"
 
 
+rule compare_indexes:
+    input:
+        shards=corpus_shards,
+        collection=f"{RES}/collection.tsv",
+        queries=f"{OUT}/queries/{{model}}.{{split}}",
+    output:
+        f"{OUT}/indexes/{{model}}.{{split}}.tsv",
+    log:
+        f"{LOGS}/compare_indexes.{{model}}.{{split}}.log",
+    benchmark:
+        f"{BENCH}/compare_indexes.{{model}}.{{split}}.tsv"
+    params:
+        kinds=config["dense"]["compare"]["kinds"],
+        k=config["dense"]["compare"]["k"],
+        options=index_options(with_kind=False),
+        latency_queries=config["dense"]["latency_queries"],
+    threads: config["dense"]["threads"]
+    resources:
+        mem_mb=rule_resource("compare_indexes", "mem_mb", 32000),
+        runtime=rule_resource("compare_indexes", "runtime", 240),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.dense.compare_indexes --shards {input.shards} --collection {input.collection}"
+        " --queries {input.queries} --out {output} --kinds {params.kinds} --k {params.k} --threads {threads}"
+        " --latency-queries {params.latency_queries} {params.options:q} > {log} 2>&1"
+
+
 rule encode_queries:
     input:
         model=dense_model,

@@ -33,6 +33,7 @@ rule report:
     input:
         tables=rules.tables.output,
         losses=training_curves(),
+        indexes=index_comparisons(),
     output:
         report="results/report.html",
         figures=directory("results/figures"),

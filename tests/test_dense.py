@@ -1,8 +1,10 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from pipeline.dense.compare_indexes import compare_indexes
 from pipeline.dense.encode import encode_corpus
 from pipeline.dense.index import build_index
 from pipeline.dense.queries import encode_queries
@@ -96,6 +98,16 @@ def test_hnsw_recall_against_flat(corpus):
     flat, hnsw = read_run(corpus / "flat.trec"), read_run(corpus / "hnsw.trec")
     recall = np.mean([len(set(flat[q]) & set(hnsw[q])) / 10 for q in flat])
     assert recall >= 0.9
+    # compare_indexes reports the same recall, and flat against itself is exact.
+    table = compare_indexes(shards, corpus / "collection.tsv", corpus / "q", corpus / "compare.tsv",
+                            ["hnsw", "ivfpq"], k=10, latency_queries=3, hnsw_m=16, nlist=4, pq_m=8, pq_bits=4)
+    written = pd.read_csv(corpus / "compare.tsv", sep="\t").set_index("kind")
+    assert list(table["kind"]) == list(written.index) == ["flat", "hnsw", "ivfpq"]
+    assert written.loc["flat", "recall@10"] == 1.0
+    assert written.loc["hnsw", "recall@10"] == pytest.approx(recall, abs=1e-4)
+    assert 0.0 < written.loc["ivfpq", "recall@10"] < 1.0
+    assert written.loc["ivfpq", "bytes_per_passage"] < written.loc["flat", "bytes_per_passage"]
+    assert not list(corpus.glob(".compare-*"))  # scratch indexes are removed
 
 
 def test_ivfpq_index_builds_and_searches(corpus):
@@ -103,6 +115,9 @@ def test_ivfpq_index_builds_and_searches(corpus):
                 pq_m=8, pq_bits=4, nprobe=4)
     with pytest.raises(ValueError, match="IVF-PQ needs at least"):
         build_index(encode_sharded(corpus, 2), corpus / "collection.tsv", corpus / "ivfpq2", kind="ivfpq", nlist=4)
+    with pytest.raises(ValueError, match="choose pq_m dividing"):
+        build_index(encode_sharded(corpus, 2), corpus / "collection.tsv", corpus / "ivfpq3", kind="ivfpq", nlist=4,
+                    pq_m=7, pq_bits=4)
     dense_search(corpus / "ivfpq", corpus / "q", corpus / "ivfpq.trec", hits=20, latency_queries=0)
     assert all(len(hits) == 20 for hits in read_run(corpus / "ivfpq.trec").values())
 

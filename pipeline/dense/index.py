@@ -84,6 +84,9 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
     if kind == "ivfpq" and len(ids) < max(nlist, 2 ** pq_bits):
         raise ValueError(f"IVF-PQ needs at least max(nlist, 2^pq_bits) = {max(nlist, 2 ** pq_bits)} vectors to "
                          f"train, the collection has {len(ids)}: lower nlist / pq_bits or use a flat index")
+    if kind == "ivfpq" and first["dims"] % pq_m:
+        raise ValueError(f"IVF-PQ splits each vector into pq_m = {pq_m} parts: choose pq_m dividing the model's "
+                         f"{first['dims']} dimensions")
     index = _empty_index(kind, first["dims"], params)
     if kind == "ivfpq":
         index.train(_training_sample(opened, 64 * nlist, seed))
@@ -102,23 +105,30 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
     return manifest
 
 
+PARAMETERS = {"hnsw_m": 32, "ef_construction": 200, "ef_search": 256, "nlist": 1024, "pq_m": 48, "pq_bits": 8,
+              "nprobe": 32}
+
+
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    """The HNSW and IVF-PQ parameters as --hnsw-m, --ef-search, ... (build_index's defaults)."""
+    for name, default in PARAMETERS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+
+
+def index_parameters(args: argparse.Namespace) -> dict[str, int]:
+    return {name: getattr(args, name) for name in PARAMETERS}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=Path, nargs="+", required=True)
     parser.add_argument("--collection", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--kind", choices=KINDS, default="flat")
-    parser.add_argument("--hnsw-m", type=int, default=32)
-    parser.add_argument("--ef-construction", type=int, default=200)
-    parser.add_argument("--ef-search", type=int, default=256)
-    parser.add_argument("--nlist", type=int, default=1024)
-    parser.add_argument("--pq-m", type=int, default=48)
-    parser.add_argument("--pq-bits", type=int, default=8)
-    parser.add_argument("--nprobe", type=int, default=32)
+    add_index_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    manifest = build_index(args.shards, args.collection, args.out, args.kind, args.hnsw_m, args.ef_construction,
-                           args.ef_search, args.nlist, args.pq_m, args.pq_bits, args.nprobe)
+    manifest = build_index(args.shards, args.collection, args.out, args.kind, **index_parameters(args))
     log.info("%s index of %d vectors (%d dims) in %s", manifest["kind"], manifest["count"], manifest["dims"], args.out)
 
 

@@ -18,7 +18,7 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
-def make_tiny_bert(directory: Path, dropout: float = 0.0, seed: int = 0) -> Path:
+def make_tiny_bert(directory: Path, dropout: float = 0.0, seed: int = 0, hidden_size: int = 32) -> Path:
     """A randomly initialised 2-layer BERT with the packaged MiniLM's uncased vocabulary (fast on CPU)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
@@ -26,8 +26,9 @@ def make_tiny_bert(directory: Path, dropout: float = 0.0, seed: int = 0) -> Path
     from pipeline.models.backbone import PACKAGED_MINILM, resolve_backbone
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(PACKAGED_MINILM))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256, hidden_dropout_prob=dropout,
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256,
+                        hidden_dropout_prob=dropout,
                         attention_probs_dropout_prob=dropout)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(directory)

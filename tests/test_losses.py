@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.train.losses import inbatch_cross_entropy, student_loss, teacher_pairwise_loss
+from pipeline.train.losses import (
+    embedding_matching,
+    inbatch_cross_entropy,
+    margin_mse,
+    student_loss,
+    teacher_pairwise_loss,
+)
 
 
 def log_softmax(x):
@@ -70,3 +76,44 @@ def test_offset_selects_this_ranks_columns():
     s = log_softmax(np.stack([full_student[i, [i, 4 + i]] for i in rows]))
     assert local.item() == pytest.approx(0.1 * ce + 0.9 * np.mean(np.sum(p * (np.log(p) - s), axis=1)), rel=1e-6)
     assert expected != local.item()
+
+
+def test_margin_mse_hand_computed_and_sign():
+    # Student margins 2 - 1 = 1 and 0 - 3 = -3; teacher margins 5 - 1 = 4 and 1 - 0 = 1.
+    student = torch.tensor([[2.0, 1.0], [0.0, 3.0]])
+    teacher = torch.tensor([[5.0, 1.0], [1.0, 0.0]])
+    assert margin_mse(student, teacher).item() == pytest.approx(((1 - 4) ** 2 + (-3 - 1) ** 2) / 2)
+    # Swapping positive and negative flips both margins: the loss compares margins, not their sizes.
+    assert margin_mse(student.flip(1), teacher.flip(1)).item() == pytest.approx(12.5)
+    assert margin_mse(student, teacher + 100.0).item() == pytest.approx(12.5)  # shift invariant
+    student.requires_grad_(True)
+    margin_mse(student, teacher).backward()
+    # d/ds+ of (m_s - m_t)^2 / B = 2 (m_s - m_t) / B: negative when the student's margin is too small.
+    assert student.grad[0, 0].item() == pytest.approx(2 * (1 - 4) / 2)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.1, 1.0])
+def test_margin_condition_matches_numpy_with_a_full_or_pair_teacher(scores, gamma):
+    student, teacher = scores
+    batch = student.shape[0]
+    rows = np.arange(batch)
+    s_margin = student[rows, rows] - student[rows, batch + rows]
+    t_margin = teacher[rows, rows] - teacher[rows, batch + rows]
+    ce = -np.mean(log_softmax(student)[rows, rows])
+    expected = gamma * ce + (1 - gamma) * np.mean((s_margin - t_margin) ** 2)
+    full = student_loss(torch.tensor(student), torch.tensor(teacher), "margin_mse", gamma=gamma)
+    pairs = torch.tensor(np.stack([teacher[rows, rows], teacher[rows, batch + rows]], axis=1))
+    from_file = student_loss(torch.tensor(student), pairs, "margin_mse", gamma=gamma)
+    assert full.item() == pytest.approx(expected, rel=1e-6)
+    assert from_file.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_embedding_matching_is_mean_squared_distance():
+    student = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
+    teacher = torch.tensor([[1.0, 0.0], [1.0, 1.0], [3.0, -1.0]])
+    # Squared distances 4, 2 and 0, averaged over the three rows (not over the 6 numbers).
+    assert embedding_matching(student, teacher).item() == pytest.approx(2.0)
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    assert embedding_matching(torch.tensor(a), torch.tensor(b)).item() == pytest.approx(
+        np.mean(np.sum((a - b) ** 2, axis=1)), rel=1e-9)

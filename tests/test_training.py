@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from pipeline.io import InputFormatError
 from pipeline.models import colbert as colbert_module
 from pipeline.models.colbert import ColBERT
+from pipeline.train.batches import TripleBatches, read_teacher_scores
 from pipeline.train.loop import LoopConfig
 from pipeline.train.student import train_student
 from pipeline.train.teacher import train_teacher
@@ -139,3 +140,48 @@ def test_two_process_torchrun_matches_single_process_accumulation(tmp_path):
     subprocess.run([*torchrun, *student_command(tmp_path, data, "gathered", 3, "--gather")], check=True,
                    env=env, capture_output=True, timeout=600)
     assert len(losses(tmp_path / "gathered.csv")) == 3
+
+
+def test_teacher_score_file_is_parsed_and_bad_lines_are_named(setup, tmp_path):
+    _, data = setup
+    triples = [line.split("\t") for line in data["triples"].read_text().splitlines()]
+    scores = tmp_path / "scores.tsv"
+    scores.write_text("".join(f"{10.5 - i % 3}\t{2.25}\t{q}\t{p}\t{n}\n" for i, (q, p, n) in enumerate(triples)))
+    parsed = read_teacher_scores(scores)
+    assert parsed[tuple(triples[1])] == (9.5, 2.25) and len(parsed) == len(set(map(tuple, triples)))
+    for bad, expected in (("9.1\t2.0\tq0\tp0\n", "line 2"), ("high\t2.0\tq0\tp0\tn0\n", "line 2")):
+        scores.write_text(f"1.0\t0.5\t{triples[0][0]}\t{triples[0][1]}\t{triples[0][2]}\n{bad}")
+        with pytest.raises(InputFormatError, match=f"scores.tsv, {expected}: expected 'pos_score neg_score qid"):
+            read_teacher_scores(scores)
+    # A triple the file does not score is named with its line in the triples file.
+    scores.write_text(f"1.0\t0.5\t{triples[0][0]}\t{triples[0][1]}\t{triples[0][2]}\n")
+    with pytest.raises(InputFormatError, match=r"line 2: expected a triple scored in"):
+        TripleBatches(data["triples"], data["queries"], data["collection"], 4, 0, scores)
+
+
+def test_margin_mse_from_a_score_file_needs_no_teacher_model(setup, tmp_path):
+    root, data = setup
+    triples = [line.split("\t") for line in data["triples"].read_text().splitlines()]
+    scores = tmp_path / "scores.tsv"
+    scores.write_text("".join(f"12.0\t3.0\t{q}\t{p}\t{n}\n" for q, p, n in triples))
+    cfg = LoopConfig(steps=12, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=100)
+    with pytest.raises(ValueError, match="use triplet or margin_mse"):
+        train_student(None, data["triples"], data["queries"], data["collection"], tmp_path / "x", tmp_path / "ckx",
+                      tmp_path / "x.csv", cfg, "inbatch", teacher_scores=scores)
+    train_student(None, data["triples"], data["queries"], data["collection"], tmp_path / "m", tmp_path / "ck",
+                  tmp_path / "m.csv", cfg, "margin_mse", gamma=0.0, init="backbone", backbone=str(root / "bert"),
+                  teacher_scores=scores)
+    curve = losses(tmp_path / "m.csv")
+    assert sum(curve[-3:]) < sum(curve[:3])
+
+
+def test_embedding_matching_pulls_a_narrower_student_toward_the_teacher(setup, tmp_path):
+    root, data = setup
+    narrow = make_tiny_bert(tmp_path / "narrow", hidden_size=16)
+    cfg = LoopConfig(steps=12, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=100)
+    train_student(root / "teacher", data["triples"], data["queries"], data["collection"], tmp_path / "e",
+                  tmp_path / "ck", tmp_path / "e.csv", cfg, "none", init="backbone", backbone=str(narrow),
+                  embed_weight=1.0)
+    curve = losses(tmp_path / "e.csv")
+    assert sum(curve[-3:]) < sum(curve[:3])
+    assert weights(tmp_path / "e")["embeddings.word_embeddings.weight"].shape[1] == 16  # the map is not saved

@@ -57,19 +57,23 @@ class ColBERT(nn.Module):
         self.normalize_queries = normalize_queries
         self.register_buffer("skiplist", torch.tensor(punctuation_ids(tokenizer)), persistent=False)
 
-    def _project(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, hidden): BERT's last layer, before the projection (embedding matching reads it)."""
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    def query_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, Lq, dim); normalised unless `normalize_queries` is off (the released TCT teacher)."""
-        embeddings = self._project(input_ids, attention_mask)
+    def query_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Lq, dim); normalised unless `normalize_queries` is off (the released TCT teacher).
+        `hidden` skips the BERT forward when the caller already has the hidden states."""
+        embeddings = self.linear(self.hidden_states(input_ids, attention_mask) if hidden is None else hidden)
         return F.normalize(embeddings, dim=-1) if self.normalize_queries else embeddings
 
-    def doc_embeddings(self, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def doc_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, Ld, dim) normalised embeddings and the mask of tokens that take part in MaxSim."""
         mask = attention_mask.bool() & ~torch.isin(input_ids, self.skiplist)
-        return F.normalize(self._project(input_ids, attention_mask), dim=-1), mask
+        hidden = self.hidden_states(input_ids, attention_mask) if hidden is None else hidden
+        return F.normalize(self.linear(hidden), dim=-1), mask
 
     def forward(self, query_tokens: dict, doc_tokens: dict) -> torch.Tensor:
         """(B, N) MaxSim scores of every query against every document (tokenised inputs)."""

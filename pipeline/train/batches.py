@@ -20,10 +20,30 @@ class Batch:
     queries: list[str]
     positives: list[str]
     negatives: list[str]
+    teacher_pairs: list[tuple[float, float]] | None = None  # (positive, negative) scores from a score file
+
+
+def read_teacher_scores(path: Path) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """Margin-MSE teacher scores in their authors' format: `pos_score neg_score qid pos_pid neg_pid` per line."""
+    scores = {}
+    for number, line in iter_lines(path):
+        fields = line.split()
+        try:
+            if len(fields) != 5:
+                raise ValueError
+            positive, negative = float(fields[0]), float(fields[1])
+        except ValueError:
+            raise InputFormatError(path, number, "'pos_score neg_score qid pos_pid neg_pid' with numeric scores",
+                                   line) from None
+        scores[(fields[2], fields[3], fields[4])] = (positive, negative)
+    if not scores:
+        raise InputFormatError(path, None, "at least one scored triple")
+    return scores
 
 
 class TripleBatches:
-    def __init__(self, triples: Path, queries: Path, collection: Path, batch_size: int, seed: int):
+    def __init__(self, triples: Path, queries: Path, collection: Path, batch_size: int, seed: int,
+                 teacher_scores: Path | None = None):
         self.batch_size, self.seed = batch_size, seed
         texts = read_queries(queries)
         rows: list[tuple[str, str, str]] = []
@@ -44,6 +64,14 @@ class TripleBatches:
                 if pid not in self.passages:
                     raise InputFormatError(triples, number, f"pids from {collection}; {pid} is not there")
         self.query_texts = {qid: texts[qid] for qid, _, _ in rows}
+        self.scores = None
+        if teacher_scores is not None:
+            scores = read_teacher_scores(teacher_scores)
+            missing = next((number for number, row in enumerate(rows, start=1) if row not in scores), None)
+            if missing is not None:
+                raise InputFormatError(triples, missing, f"a triple scored in {teacher_scores}",
+                                       "\t".join(rows[missing - 1]))
+            self.scores = [scores[row] for row in rows]
         self.rows = rows
         self._orders: dict[int, np.ndarray] = {}
 
@@ -55,18 +83,23 @@ class TripleBatches:
             self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))}
         return self._orders[epoch]
 
-    def global_batch(self, step: int) -> list[tuple[str, str, str]]:
-        """The `batch_size` triples of optimisation step `step` (0-based), crossing epochs as needed."""
+    def _global_rows(self, step: int) -> list[int]:
         picked = []
         for position in range(step * self.batch_size, (step + 1) * self.batch_size):
             epoch, index = divmod(position, len(self.rows))
-            picked.append(self.rows[self._order(epoch)[index]])
+            picked.append(int(self._order(epoch)[index]))
         return picked
+
+    def global_batch(self, step: int) -> list[tuple[str, str, str]]:
+        """The `batch_size` triples of optimisation step `step` (0-based), crossing epochs as needed."""
+        return [self.rows[row] for row in self._global_rows(step)]
 
     def micro_batch(self, step: int, part: int, parts: int) -> Batch:
         """Slice `part` of `parts` equal slices of global batch `step`, as texts."""
-        triples = self.global_batch(step)
-        size = len(triples) // parts
-        chunk = triples[part * size:(part + 1) * size]
-        return Batch([self.query_texts[q] for q, _, _ in chunk], [self.passages[p] for _, p, _ in chunk],
-                     [self.passages[n] for _, _, n in chunk])
+        rows = self._global_rows(step)
+        size = len(rows) // parts
+        chunk = rows[part * size:(part + 1) * size]
+        triples = [self.rows[row] for row in chunk]
+        return Batch([self.query_texts[q] for q, _, _ in triples], [self.passages[p] for _, p, _ in triples],
+                     [self.passages[n] for _, _, n in triples],
+                     None if self.scores is None else [self.scores[row] for row in chunk])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-CONDITIONS = ("none", "triplet", "inbatch")
+CONDITIONS = ("none", "triplet", "inbatch", "margin_mse")
 
 
 def teacher_pairwise_loss(scores: torch.Tensor) -> torch.Tensor:
@@ -31,6 +31,26 @@ def _own_pair(scores: torch.Tensor, offset: int) -> torch.Tensor:
     return torch.stack([scores[rows, rows + offset], scores[rows, rows + offset + scores.shape[1] // 2]], dim=1)
 
 
+def margin_mse(student_pairs: torch.Tensor, teacher_pairs: torch.Tensor) -> torch.Tensor:
+    """Margin-MSE (Hofstätter et al. 2020, Eq. 1): mean over queries of ((s+ - s-) - (t+ - t-))^2.
+
+    Pairs are (B, 2): each query's score for its positive and its negative. Only the teacher's
+    margin is matched, so teacher and student may score on different scales (cross-architecture).
+    """
+    student_margin = student_pairs[:, 0] - student_pairs[:, 1]
+    teacher_margin = teacher_pairs[:, 0] - teacher_pairs[:, 1]
+    return F.mse_loss(student_margin, teacher_margin.detach().to(student_margin.dtype))
+
+
+def embedding_matching(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """EmbedDistill's embedding matching (Kim et al. 2023): mean over rows of ||student_i - teacher_i||^2.
+
+    Both (N, d): the student's pooled embeddings and the teacher's embeddings of the same texts,
+    already mapped into one space (the caller applies any learned projection).
+    """
+    return (student - teacher.detach().to(student.dtype)).pow(2).sum(dim=-1).mean()
+
+
 def _kl(teacher: torch.Tensor, student: torch.Tensor, teacher_tau: float, student_tau: float) -> torch.Tensor:
     """KL(P_teacher || P_student) per row, averaged over rows."""
     target = F.log_softmax(teacher / teacher_tau, dim=-1)
@@ -46,6 +66,8 @@ def student_loss(student: torch.Tensor, teacher: torch.Tensor | None, condition:
     `teacher` may be None), `triplet` (KL over each query's own positive and negative) or `inbatch`
     (KL over all 2B passages). The teacher's softmax is taken at temperature `teacher_tau`; the
     paper leaves the student's untempered (`student_tau` = 1). gamma = 0 is the released code's pure KL.
+    `margin_mse` puts Margin-MSE in place of the KL term. For `triplet` and `margin_mse` the teacher
+    may give only each query's (positive, negative) pair, shape (B, 2), as a score file does.
     """
     if condition not in CONDITIONS:
         raise ValueError(f"unknown distillation condition {condition!r}; choose from {CONDITIONS}")
@@ -55,6 +77,9 @@ def student_loss(student: torch.Tensor, teacher: torch.Tensor | None, condition:
     if teacher is None:
         raise ValueError(f"condition {condition!r} needs teacher scores")
     teacher = teacher.detach().to(student.dtype)
-    if condition == "triplet":
-        student, teacher = _own_pair(student, offset), _own_pair(teacher, offset)
+    if condition in ("triplet", "margin_mse"):
+        student = _own_pair(student, offset)
+        teacher = teacher if teacher.shape[1] == 2 else _own_pair(teacher, offset)
+    if condition == "margin_mse":
+        return gamma * hard + (1 - gamma) * margin_mse(student, teacher)
     return gamma * hard + (1 - gamma) * _kl(teacher, student, teacher_tau, student_tau)

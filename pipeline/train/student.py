@@ -22,7 +22,7 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 from pipeline.cli import run_stage
-from pipeline.models.backbone import Conventions, tokenize_passages, tokenize_queries
+from pipeline.models.backbone import Conventions, masked_mean, tokenize_passages, tokenize_queries
 from pipeline.models.biencoder import BiEncoder
 from pipeline.models.colbert import ColBERT, maxsim
 from pipeline.train.batches import Batch, TripleBatches
@@ -36,21 +36,26 @@ from pipeline.train.loop import (
     loop_config,
     setup_context,
 )
-from pipeline.train.losses import CONDITIONS, student_loss
+from pipeline.train.losses import CONDITIONS, embedding_matching, student_loss
 
 log = logging.getLogger(__name__)
 
 
 class _QueryPassageEncoder(nn.Module):
-    """One forward for queries and passages, as DistributedDataParallel expects one call per step."""
+    """One forward for queries and passages, as DistributedDataParallel expects one call per step.
 
-    def __init__(self, encoder: BiEncoder):
+    With embedding matching, `matcher` maps student vectors into the teacher's hidden space (a
+    learned linear map when the widths differ) and the forward also returns the mapped vectors.
+    """
+
+    def __init__(self, encoder: BiEncoder, matcher: nn.Module | None = None):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.matcher = encoder, matcher
 
-    def forward(self, query_tokens: dict, passage_tokens: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.encoder(query_tokens["input_ids"], query_tokens["attention_mask"]),
-                self.encoder(passage_tokens["input_ids"], passage_tokens["attention_mask"]))
+    def forward(self, query_tokens: dict, passage_tokens: dict) -> tuple[torch.Tensor, ...]:
+        vectors = (self.encoder(query_tokens["input_ids"], query_tokens["attention_mask"]),
+                   self.encoder(passage_tokens["input_ids"], passage_tokens["attention_mask"]))
+        return vectors if self.matcher is None else (*vectors, *map(self.matcher, vectors))
 
 
 def _gather_passages(local: torch.Tensor, ctx: Context, differentiable: bool) -> torch.Tensor:
@@ -66,17 +71,40 @@ def _all_gather_no_grad(local: torch.Tensor, ctx: Context) -> list[torch.Tensor]
     return parts
 
 
+def _online_scores(teacher: ColBERT, query_tokens: dict, passage_tokens: dict, query_hidden: torch.Tensor,
+                   doc_hidden: torch.Tensor, ctx: Context | None) -> torch.Tensor:
+    """The frozen teacher's MaxSim over this batch (over every rank's passages when `ctx` gathers)."""
+    query_embeddings = teacher.query_embeddings(query_tokens["input_ids"], query_tokens["attention_mask"],
+                                                query_hidden)
+    doc_embeddings, doc_mask = teacher.doc_embeddings(passage_tokens["input_ids"], passage_tokens["attention_mask"],
+                                                      doc_hidden)
+    if ctx is not None and ctx.world > 1:
+        doc_embeddings = _gather_passages(doc_embeddings, ctx, differentiable=False)
+        doc_mask = _gather_passages(doc_mask, ctx, differentiable=False)
+    return maxsim(query_embeddings, query_tokens["attention_mask"], doc_embeddings, doc_mask)
+
+
 def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collection: Path, out: Path,
                   checkpoints: Path, losses: Path, cfg: LoopConfig, condition: str = "inbatch", gamma: float = 0.1,
                   teacher_tau: float = 0.25, student_tau: float = 1.0, init: str = "teacher",
                   backbone: str | None = None, gather: bool = False, conv: Conventions = Conventions(),
-                  ctx: Context | None = None) -> None:
-    """Distil `teacher_dir` into a bi-encoder and save it to `out` (condition `none` needs no teacher)."""
+                  ctx: Context | None = None, teacher_scores: Path | None = None,
+                  embed_weight: float = 0.0) -> None:
+    """Distil `teacher_dir` into a bi-encoder and save it to `out` (condition `none` needs no teacher).
+
+    `teacher_scores` replaces the online teacher's scores by a Margin-MSE score file (each query's
+    own pair, so `triplet` or `margin_mse` only); `embed_weight` > 0 adds EmbedDistill's embedding
+    matching of queries and passages against the teacher's pooled hidden states.
+    """
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
+    if teacher_scores is not None and condition not in ("triplet", "margin_mse"):
+        raise ValueError(f"a teacher score file holds each query's own pair only: condition {condition!r} needs "
+                         "the online teacher; use triplet or margin_mse")
     ctx = ctx or setup_context()
     teacher = None
-    if condition != "none":
+    online_scores = condition != "none" and teacher_scores is None
+    if online_scores or embed_weight > 0:
         if teacher_dir is None:
             raise ValueError(f"condition {condition!r} distils a teacher: give --teacher")
         teacher = ColBERT.load(teacher_dir).to(ctx.device).eval().requires_grad_(False)
@@ -88,7 +116,11 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
     if teacher is not None and student.tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
         raise ValueError(f"student backbone {source} and teacher {teacher_dir} use different vocabularies; "
                          "tight coupling feeds both the same tokens")
-    batches = TripleBatches(triples, queries, collection, cfg.batch_size, cfg.seed)
+    matcher = None
+    if embed_weight > 0:
+        widths = (student.bert.config.hidden_size, teacher.bert.config.hidden_size)
+        matcher = nn.Identity() if widths[0] == widths[1] else nn.Linear(*widths, bias=False).to(ctx.device)
+    batches = TripleBatches(triples, queries, collection, cfg.batch_size, cfg.seed, teacher_scores)
     # Gathered passages must have one shape on every rank, so pad to the full length then.
     padding = "max_length" if gather and ctx.world > 1 else "longest"
 
@@ -96,29 +128,38 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
         query_tokens = tokenize_queries(student.tokenizer, batch.queries, conv).to(ctx.device)
         passage_tokens = tokenize_passages(student.tokenizer, batch.positives + batch.negatives, conv,
                                            padding).to(ctx.device)
-        query_vectors, passage_vectors = module(query_tokens, passage_tokens)
+        query_vectors, passage_vectors, *mapped = module(query_tokens, passage_tokens)
         offset = 0
         teacher_scores = None
+        if batch.teacher_pairs is not None:
+            teacher_scores = torch.tensor(batch.teacher_pairs, device=ctx.device)
         if gather and ctx.world > 1:
             offset = ctx.rank * len(batch.queries)
             passage_vectors = _gather_passages(passage_vectors, ctx, differentiable=True)
+        matching = None
         if teacher is not None:
             with torch.no_grad():
-                query_embeddings = teacher.query_embeddings(query_tokens["input_ids"], query_tokens["attention_mask"])
-                doc_embeddings, doc_mask = teacher.doc_embeddings(passage_tokens["input_ids"],
-                                                                  passage_tokens["attention_mask"])
-                if gather and ctx.world > 1:
-                    doc_embeddings = _gather_passages(doc_embeddings, ctx, differentiable=False)
-                    doc_mask = _gather_passages(doc_mask, ctx, differentiable=False)
-                teacher_scores = maxsim(query_embeddings, query_tokens["attention_mask"], doc_embeddings, doc_mask)
-        return student_loss(query_vectors @ passage_vectors.T, teacher_scores, condition, gamma, teacher_tau,
+                query_hidden = teacher.hidden_states(query_tokens["input_ids"], query_tokens["attention_mask"])
+                doc_hidden = teacher.hidden_states(passage_tokens["input_ids"], passage_tokens["attention_mask"])
+                if online_scores:
+                    teacher_scores = _online_scores(teacher, query_tokens, passage_tokens, query_hidden, doc_hidden,
+                                                    ctx if gather else None)
+            if mapped:
+                # EmbedDistill: the teacher's masked mean over the same tokens the student pools.
+                targets = (masked_mean(query_hidden, query_tokens["attention_mask"], conv.pool_start),
+                           masked_mean(doc_hidden, passage_tokens["attention_mask"], conv.pool_start))
+                matching = sum(map(embedding_matching, mapped, targets)) / 2
+        loss = student_loss(query_vectors @ passage_vectors.T, teacher_scores, condition, gamma, teacher_tau,
                             student_tau, offset)
+        return loss if matching is None else loss + embed_weight * matching
 
     identity = fingerprint({"stage": "student", "teacher": str(teacher_dir), "init": init, "backbone": backbone,
                             "triples": str(triples), "loop": cfg, "condition": condition, "gamma": gamma,
                             "teacher_tau": teacher_tau, "student_tau": student_tau, "gather": gather,
-                            "conv": conv, "world": ctx.world})
-    fit(_QueryPassageEncoder(student), loss_fn, batches, cfg, checkpoints, identity, ctx, desc=f"student[{condition}]")
+                            "conv": conv, "world": ctx.world, "teacher_scores": str(teacher_scores),
+                            "embed_weight": embed_weight})
+    fit(_QueryPassageEncoder(student, matcher), loss_fn, batches, cfg, checkpoints, identity, ctx,
+        desc=f"student[{condition}]")
     finish(student.save, checkpoints, out, losses, ctx)
 
 
@@ -132,13 +173,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", choices=("teacher", "backbone"), default="teacher")
     parser.add_argument("--backbone", default=None, help="with --init backbone: Hub id, directory or all-MiniLM-L6-v2")
     parser.add_argument("--gather", action="store_true", help="in-batch negatives from every rank (torchrun)")
+    parser.add_argument("--teacher-scores", type=Path, default=None,
+                        help="Margin-MSE scores ('pos_score neg_score qid pos_pid neg_pid') instead of online ones")
+    parser.add_argument("--embed-weight", type=float, default=0.0, help="weight of embedding matching (EmbedDistill)")
     add_loop_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     conv = Conventions(query_length=args.max_query_length, doc_length=args.max_doc_length)
     train_student(args.teacher, args.triples, args.queries, args.collection, args.out, args.checkpoints,
                   args.losses, loop_config(args), args.condition, args.gamma, args.teacher_tau, args.student_tau,
-                  args.init, args.backbone, args.gather, conv)
+                  args.init, args.backbone, args.gather, conv, teacher_scores=args.teacher_scores,
+                  embed_weight=args.embed_weight)
 
 
 if __name__ == "__main__":

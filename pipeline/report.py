@@ -103,7 +103,8 @@ def build_report(results: Path, tables: Path, out: Path, scatter: tuple[str, str
              f"<h1>TCT-ColBERT pipeline: {html.escape(results.name)}</h1>"]
     titled = [(tables / f"{name}.tsv", title) for name, title in (
         ("table1", "Table 1: effectiveness and latency"), ("table2_latency", "Table 2: latency"),
-        ("table3_ablation", "Table 3: distillation conditions"))]
+        ("table3_ablation", "Table 3: distillation conditions"),
+        ("table4_distillation", "Table 4: distillation strategies"))]
     titled += [(path, f"Approximate indexes against flat search: {path.stem}")
                for path in sorted((results / "indexes").glob("*.tsv"))]
     for path, title in titled:

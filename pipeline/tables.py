@@ -1,4 +1,5 @@
-"""Tables 1-3: methods (Table 1), latency per stage (Table 2), distillation conditions (Table 3).
+"""Tables 1-4: methods (Table 1), latency per stage (Table 2), distillation conditions (Table 3),
+distillation strategies of the neighbouring papers (Table 4).
 
     python -m pipeline.tables --spec '<json>' --results results/D --out-dir results
 
@@ -16,6 +17,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from pipeline.cli import run_stage
@@ -133,8 +135,38 @@ def build_table3(spec: dict, results: Path) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
+def _seconds_per_step(results: Path, run: str) -> float | None:
+    """Median wall time of one optimisation step, from the student's loss log (None without one)."""
+    path = Path(results) / "training" / f"{run}.losses.csv"
+    if not path.exists():
+        return None
+    seconds = pd.read_csv(path).get("seconds")
+    return None if seconds is None or seconds.dropna().empty else float(seconds.median())
+
+
+def build_table4(spec: dict, columns: list[dict], results: Path,
+                 level: float = 0.05) -> tuple[list[str], list[list[str]]]:
+    """Distillation strategies: Table 1's columns, seconds per training step, and a paired t-test of
+    each strategy against `baseline` on the first column (`*` marks p < level in every column)."""
+    names = [f"{c['split']}/{c['measure']}" for c in columns]
+    baseline = spec["baseline"]
+    header = ["strategy", "student", *names, "s_per_step", f"p vs {baseline} ({names[0]})"]
+    rows = []
+    for label, run in spec["strategies"].items():
+        cells = []
+        for column in columns:
+            value = read_means(metrics_path(results, run, column["split"]))[column["measure"]]
+            p = 1.0 if run == baseline else paired_p_value(results, run, baseline, column["split"],
+                                                            column["measure"])
+            cells.append(_fmt(value) + ("*" if p < level else ""))
+        first = "" if run == baseline else _fmt(paired_p_value(results, run, baseline, columns[0]["split"],
+                                                                columns[0]["measure"]))
+        rows.append([label, run, *cells, _fmt(_seconds_per_step(results, run), 3), first])
+    return header, rows
+
+
 def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
-    """Tables 1-3 (TSV and Markdown) into `out_dir`; Tables 2 and 3 when the spec asks for them."""
+    """Tables 1-4 (TSV and Markdown) into `out_dir`; Tables 2-4 when the spec asks for them."""
     header, rows = build_table1(spec, results)
     notes = ["`*`: paired two-sided t-test over queries against the run in `compared_to`, p < 0.05. "
              "Latency: median ms/query on this machine (hybrids: max(sparse, dense) + fusion).", spec.get("note", "")]
@@ -148,6 +180,11 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
         _write(Path(out_dir) / "table3_ablation.tsv", "Table 3 - distillation conditions", header, rows,
                ["none = hard labels only (PoolAvg); triplet = KL over each query's own pair; inbatch = KL over all "
                 "2B in-batch passages (TCT-ColBERT)."])
+    if spec.get("table4"):
+        header, rows = build_table4(spec["table4"], spec["columns"], results)
+        _write(Path(out_dir) / "table4_distillation.tsv", "Table 4 - distillation strategies", header, rows,
+               [f"`*`: paired two-sided t-test over queries against {spec['table4']['baseline']}, p < 0.05. "
+                "s_per_step: median seconds per optimisation step on this machine, teacher included."])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -93,7 +93,8 @@ def table_spec():
     return json.dumps({"dataset": DS, "rows": config["table1"]["rows"], "columns": config["evaluation"]["columns"],
                        "latency_split": config["evaluation"]["latency_split"],
                        "show_paper": config["table1"]["show_paper"], "note": config["table1"]["note"],
-                       "table2": config["table2"], "table3": config["table3"]})
+                       "table2": config["table2"], "table3": config["table3"],
+                       "table4": config["table4"]})
 
 
 def table_outputs(section, stem):
@@ -123,6 +124,11 @@ def table_inputs(wildcards):
         split, sparse = ablation["split"], ablation["sparse"]
         for student in ablation["conditions"].values():
             files += [f"{OUT}/metrics/{student}.{split}.tsv", f"{OUT}/metrics/{student}-rerank-{sparse}.{split}.tsv"]
+    strategies = config["table4"]
+    if strategies:
+        for student in {*strategies["strategies"].values(), strategies["baseline"]}:
+            files += [f"{OUT}/metrics/{student}.{split}.tsv" for split in splits]
+            files += [f"{OUT}/training/{student}.losses.csv"] if student in VARIANTS else []
     return files
 
 
@@ -155,8 +161,12 @@ def student_inputs(wildcards):
     """Training data, plus the teacher when the variant distils it or starts from its weights."""
     inputs = {"triples": f"{RES}/triples.train.tsv", "queries": f"{RES}/queries.train.tsv",
               "collection": f"{RES}/collection.tsv"}
-    if VARIANTS[wildcards.variant]["condition"] != "none" or config["student"]["init"] == "teacher":
+    variant = VARIANTS[wildcards.variant]
+    online = variant["condition"] != "none" and "teacher_scores" not in variant
+    if online or variant.get("embed_weight", 0) > 0 or config["student"]["init"] == "teacher":
         inputs["teacher"] = f"{RES}/models/teacher"
+    if "teacher_scores" in variant:
+        inputs["teacher_scores"] = variant["teacher_scores"]
     return inputs
 
 
@@ -172,6 +182,10 @@ def student_options(wildcards):
         args += ["--backbone", config["model"]["backbone"]]
     if student["gather"]:
         args.append("--gather")
+    if variant.get("embed_weight", 0) > 0:
+        args += ["--embed-weight", variant["embed_weight"]]
+    if "teacher_scores" in variant:
+        args += ["--teacher-scores", variant["teacher_scores"]]
     return [str(a) for a in args]
 
 
@@ -248,6 +262,7 @@ def all_targets():
     targets = ["results/table1.tsv", "results/table1.md", "results/report.html"]
     targets += ["results/table2_latency.tsv"] if config["table2"] else []
     targets += ["results/table3_ablation.tsv"] if config["table3"] else []
+    targets += ["results/table4_distillation.tsv"] if config["table4"] else []
     targets += index_comparisons()
     if "train" in DATASET["splits"]:
         targets.append(f"{RES}/triples.train.tsv")

@@ -1,5 +1,5 @@
 # tables: Table 1 (config table1.rows), Table 2 (latency per stage), Table 3 (distillation
-# conditions), each as TSV and Markdown.
+# conditions), Table 4 (distillation strategies), each as TSV and Markdown.
 
 
 rule tables:
@@ -10,6 +10,7 @@ rule tables:
         md="results/table1.md",
         latency=table_outputs("table2", "results/table2_latency"),
         ablation=table_outputs("table3", "results/table3_ablation"),
+        strategies=table_outputs("table4", "results/table4_distillation"),
     log:
         f"{LOGS}/tables.log",
     benchmark:

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.evaluate import evaluate_run
 from pipeline.io import write_qrels, write_run
-from pipeline.tables import build_table1, build_table3, write_tables
+from pipeline.tables import build_table1, build_table3, build_table4, write_tables
 
 SPEC = {
     "dataset": "toy",
@@ -50,15 +50,20 @@ def test_table1_files(results):
     assert "| BM25 | 0.7500 |" in markdown and "toy numbers" in markdown
 
 
-def test_significance_marker_against_compare_to(results, tmp_path):
-    # 30 queries: "good" finds the relevant passage first every time, "bad" only a third of the time.
+def judged_runs(directory, rankings: dict) -> None:
+    """30 queries with passage "a" relevant; each run ranks per `rankings[run](query number)`; dev metrics."""
     qrels = {str(q): {"a": 1} for q in range(30)}
-    write_qrels(tmp_path / "qrels.txt", qrels)
-    for run, hits in {"good": lambda q: ["a", "b"], "bad": lambda q: ["a", "b"] if q % 3 == 0 else ["b", "a"]}.items():
-        write_run(tmp_path / f"{run}.trec", {q: [(d, 2.0 - i) for i, d in enumerate(hits(int(q)))] for q in qrels},
-                  run)
-        metrics = tmp_path / "metrics" / f"{run}.dev.tsv"
-        evaluate_run(tmp_path / f"{run}.trec", tmp_path / "qrels.txt", ["RR@10"], metrics)
+    write_qrels(directory / "qrels.txt", qrels)
+    for run, ranking in rankings.items():
+        write_run(directory / f"{run}.trec", {q: [(d, 2.0 - i) for i, d in enumerate(ranking(int(q)))]
+                                              for q in qrels}, run)
+        evaluate_run(directory / f"{run}.trec", directory / "qrels.txt", ["RR@10"],
+                     directory / "metrics" / f"{run}.dev.tsv")
+
+
+def test_significance_marker_against_compare_to(results, tmp_path):
+    # "good" finds the relevant passage first every time, "bad" only a third of the time.
+    judged_runs(tmp_path, {"good": lambda q: ["a", "b"], "bad": lambda q: ["a", "b"] if q % 3 == 0 else ["b", "a"]})
     spec = {"rows": [{"name": "Good", "run": "good", "compare_to": "bad"}, {"name": "Bad", "run": "bad",
                                                                             "compare_to": "bad"}],
             "columns": [{"split": "dev", "measure": "RR@10"}], "latency_split": "dev"}
@@ -78,3 +83,19 @@ def test_table3_reads_rerank_and_full_runs(results):
                                  "conditions": {"none": "bm25", "inbatch": "other"}}, results)
     assert header[2] == "rerank x dev/RR@10"
     assert rows == [["none", "bm25", "0.2500", "0.7500"], ["inbatch", "other", "0.2500", "0.7500"]]
+
+
+def test_table4_strategies_cost_per_step_and_paired_test(tmp_path):
+    judged_runs(tmp_path, {"base": lambda q: ["b", "a"] if q % 3 else ["a", "b"], "better": lambda q: ["a", "b"],
+                           "same": lambda q: ["b", "a"] if q % 3 else ["a", "b"]})
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "better.losses.csv").write_text(
+        "step,loss,lr,grad_norm,seconds\n1,2.0,1e-5,1.0,1.5\n2,1.0,1e-5,1.0,0.5\n3,0.5,1e-5,1.0,0.7\n")
+    spec = {"baseline": "base", "strategies": {"KL": "base", "Margin-MSE": "better", "Same": "same"}}
+    header, rows = build_table4(spec, [{"split": "dev", "measure": "RR@10"}], tmp_path)
+    assert header == ["strategy", "student", "dev/RR@10", "s_per_step", "p vs base (dev/RR@10)"]
+    table = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert table["KL"]["dev/RR@10"] == "0.6667" and table["KL"]["p vs base (dev/RR@10)"] == ""
+    assert table["Margin-MSE"]["dev/RR@10"] == "1.0000*" and table["Margin-MSE"]["s_per_step"] == "0.700"
+    assert float(table["Margin-MSE"]["p vs base (dev/RR@10)"]) < 0.05
+    assert table["Same"]["p vs base (dev/RR@10)"] == "1.0000" and table["Same"]["s_per_step"] == ""

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -135,6 +136,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor], b
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, disable=not ctx.main,
                mininterval=2)
     for step in bar:
+        tick = time.perf_counter()
         total = torch.zeros((), device=ctx.device)
         for accum in range(cfg.accumulation):
             micro = batches.micro_batch(step, ctx.rank * cfg.accumulation + accum, parts)
@@ -156,7 +158,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor], b
         if ctx.main:
             with open(loss_path, "a", newline="") as out:
                 csv.writer(out).writerow([step + 1, f"{total.item():.6f}", f"{scheduler.get_last_lr()[0]:.3e}",
-                                          f"{grad_norm.item():.4f}"])
+                                          f"{grad_norm.item():.4f}", f"{time.perf_counter() - tick:.3f}"])
             bar.set_postfix(loss=f"{total.item():.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, step + 1, identity),
@@ -204,7 +206,7 @@ def _truncate_log(path: Path, step: int) -> None:
             rows = [row for row in csv.reader(handle) if row and row[0].isdigit() and int(row[0]) <= step]
     with open(path, "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["step", "loss", "lr", "grad_norm"])
+        writer.writerow(["step", "loss", "lr", "grad_norm", "seconds"])
         writer.writerows(rows)
 
 

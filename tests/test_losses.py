@@ -117,3 +117,20 @@ def test_embedding_matching_is_mean_squared_distance():
     a, b = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
     assert embedding_matching(torch.tensor(a), torch.tensor(b)).item() == pytest.approx(
         np.mean(np.sum((a - b) ** 2, axis=1)), rel=1e-9)
+
+
+def test_generated_rows_are_left_out_of_the_hard_label_term(scores):
+    student, teacher = scores
+    mask = np.array([True, False, True, False])
+    rows = np.flatnonzero(mask)
+    ce = -np.mean(log_softmax(student)[rows, rows])
+    assert inbatch_cross_entropy(torch.tensor(student), labelled=torch.tensor(mask)).item() == pytest.approx(ce)
+    none_labelled = torch.zeros(4, dtype=torch.bool)
+    assert inbatch_cross_entropy(torch.tensor(student), labelled=none_labelled).item() == 0.0
+    # The KL term still covers every row, generated or not.
+    mixed = student_loss(torch.tensor(student), torch.tensor(teacher), "inbatch", gamma=0.1, teacher_tau=0.25,
+                         labelled=torch.tensor(mask))
+    kl_only = reference_eq6(student, teacher, 0.0, 0.25)
+    assert mixed.item() == pytest.approx(0.1 * ce + 0.9 * kl_only, rel=1e-6)
+    with pytest.raises(ValueError, match="generated queries carry no label"):
+        student_loss(torch.tensor(student), None, "none", labelled=torch.tensor(mask))

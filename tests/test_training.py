@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.io import InputFormatError
+from pipeline.io import InputFormatError, read_collection
 from pipeline.models import colbert as colbert_module
 from pipeline.models.colbert import ColBERT
 from pipeline.train.batches import TripleBatches, read_teacher_scores
@@ -185,3 +185,31 @@ def test_embedding_matching_pulls_a_narrower_student_toward_the_teacher(setup, t
     curve = losses(tmp_path / "e.csv")
     assert sum(curve[-3:]) < sum(curve[:3])
     assert weights(tmp_path / "e")["embeddings.word_embeddings.weight"].shape[1] == 16  # the map is not saved
+
+
+def test_generated_queries_replace_a_seeded_share_of_each_batch(setup):
+    _, data = setup
+    triples = [line.split("\t") for line in data["triples"].read_text().splitlines()]
+    generated = {pos: [f"generated for {pos} #{k}" for k in range(3)] for _, pos, _ in triples}
+    pid_of = {text: pid for pid, text in read_collection(data["collection"])}
+    plain = TripleBatches(data["triples"], data["queries"], data["collection"], 8, 0)
+    mixed = TripleBatches(data["triples"], data["queries"], data["collection"], 8, 0, generated=generated,
+                          generated_ratio=0.5)
+    for step in range(3):
+        batch, reference = mixed.micro_batch(step, 0, 1), plain.micro_batch(step, 0, 1)
+        assert batch.positives == reference.positives and batch.negatives == reference.negatives
+        assert batch.labelled.count(False) == 4
+        for query, original, positive, labelled in zip(batch.queries, reference.queries, batch.positives,
+                                                       batch.labelled, strict=True):
+            assert query == original if labelled else query in generated[pid_of[positive]]
+    # Deterministic per step, and a split into micro-batches sees the same rows as the whole batch.
+    again = TripleBatches(data["triples"], data["queries"], data["collection"], 8, 0, generated=generated,
+                          generated_ratio=0.5)
+    whole = again.micro_batch(1, 0, 1)
+    halves = [mixed.micro_batch(1, part, 2) for part in range(2)]
+    assert whole.queries == halves[0].queries + halves[1].queries
+    assert whole.labelled == halves[0].labelled + halves[1].labelled
+    assert plain.micro_batch(0, 0, 1).labelled is None
+    with pytest.raises(ValueError, match="generated_ratio must lie in"):
+        TripleBatches(data["triples"], data["queries"], data["collection"], 8, 0, generated=generated,
+                      generated_ratio=1.5)

@@ -21,6 +21,7 @@ class Batch:
     positives: list[str]
     negatives: list[str]
     teacher_pairs: list[tuple[float, float]] | None = None  # (positive, negative) scores from a score file
+    labelled: list[bool] | None = None  # False: a generated query, labelled by the teacher alone
 
 
 def read_teacher_scores(path: Path) -> dict[tuple[str, str, str], tuple[float, float]]:
@@ -43,8 +44,15 @@ def read_teacher_scores(path: Path) -> dict[tuple[str, str, str], tuple[float, f
 
 class TripleBatches:
     def __init__(self, triples: Path, queries: Path, collection: Path, batch_size: int, seed: int,
-                 teacher_scores: Path | None = None):
+                 teacher_scores: Path | None = None, generated: dict[str, list[str]] | None = None,
+                 generated_ratio: float = 0.0):
+        """`generated` (pid -> queries generated from that passage) replaces the query of a seeded
+        `generated_ratio` share of each global batch's triples by one generated from its positive."""
+        if not 0.0 <= generated_ratio <= 1.0:
+            raise ValueError(f"generated_ratio must lie in [0, 1], not {generated_ratio}")
         self.batch_size, self.seed = batch_size, seed
+        self.generated = {pid: queries for pid, queries in (generated or {}).items() if queries}
+        self.generated_ratio = generated_ratio if self.generated else 0.0
         texts = read_queries(queries)
         rows: list[tuple[str, str, str]] = []
         needed: set[str] = set()
@@ -94,12 +102,27 @@ class TripleBatches:
         """The `batch_size` triples of optimisation step `step` (0-based), crossing epochs as needed."""
         return [self.rows[row] for row in self._global_rows(step)]
 
+    def _queries(self, step: int, rows: list[int]) -> tuple[list[str], list[bool]]:
+        """Query texts of global batch `step`, a seeded share of them generated from the positive."""
+        texts = [self.query_texts[self.rows[row][0]] for row in rows]
+        labelled = [True] * len(rows)
+        if self.generated_ratio:
+            rng = np.random.default_rng([self.seed, step, 1])
+            chosen = rng.choice(len(rows), size=round(self.generated_ratio * len(rows)), replace=False)
+            for position in sorted(chosen):
+                options = self.generated.get(self.rows[rows[position]][1])
+                if options:
+                    texts[position], labelled[position] = options[rng.integers(len(options))], False
+        return texts, labelled
+
     def micro_batch(self, step: int, part: int, parts: int) -> Batch:
         """Slice `part` of `parts` equal slices of global batch `step`, as texts."""
         rows = self._global_rows(step)
+        queries, labelled = self._queries(step, rows)
         size = len(rows) // parts
-        chunk = rows[part * size:(part + 1) * size]
-        triples = [self.rows[row] for row in chunk]
-        return Batch([self.query_texts[q] for q, _, _ in triples], [self.passages[p] for _, p, _ in triples],
+        piece = slice(part * size, (part + 1) * size)
+        triples = [self.rows[row] for row in rows[piece]]
+        return Batch(queries[piece], [self.passages[p] for _, p, _ in triples],
                      [self.passages[n] for _, _, n in triples],
-                     None if self.scores is None else [self.scores[row] for row in chunk])
+                     None if self.scores is None else [self.scores[row] for row in rows[piece]],
+                     labelled[piece] if self.generated_ratio else None)

@@ -20,9 +20,18 @@ def teacher_pairwise_loss(scores: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(pairs, torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device))
 
 
-def inbatch_cross_entropy(scores: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """Hard labels over all in-batch passages: query i's positive is column offset + i."""
-    return F.cross_entropy(scores, torch.arange(scores.shape[0], device=scores.device) + offset)
+def inbatch_cross_entropy(scores: torch.Tensor, offset: int = 0, labelled: torch.Tensor | None = None) -> torch.Tensor:
+    """Hard labels over all in-batch passages: query i's positive is column offset + i.
+
+    `labelled` (B,) bool keeps only rows whose positive is judged (generated queries have none);
+    the mean is over those rows, and 0 when there are none.
+    """
+    targets = torch.arange(scores.shape[0], device=scores.device) + offset
+    if labelled is None:
+        return F.cross_entropy(scores, targets)
+    if not labelled.any():
+        return scores.sum() * 0.0
+    return F.cross_entropy(scores[labelled], targets[labelled])
 
 
 def _own_pair(scores: torch.Tensor, offset: int) -> torch.Tensor:
@@ -59,7 +68,7 @@ def _kl(teacher: torch.Tensor, student: torch.Tensor, teacher_tau: float, studen
 
 def student_loss(student: torch.Tensor, teacher: torch.Tensor | None, condition: str = "inbatch",
                  gamma: float = 0.1, teacher_tau: float = 0.25, student_tau: float = 1.0,
-                 offset: int = 0) -> torch.Tensor:
+                 offset: int = 0, labelled: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 6: gamma * CE(hard labels over 2B) + (1 - gamma) * KL(P_teacher || P_student).
 
     `condition` picks the distillation of Table 3: `none` (hard labels only, the PoolAvg baseline;
@@ -68,11 +77,14 @@ def student_loss(student: torch.Tensor, teacher: torch.Tensor | None, condition:
     paper leaves the student's untempered (`student_tau` = 1). gamma = 0 is the released code's pure KL.
     `margin_mse` puts Margin-MSE in place of the KL term. For `triplet` and `margin_mse` the teacher
     may give only each query's (positive, negative) pair, shape (B, 2), as a score file does.
+    `labelled` masks rows out of the hard-label term: generated queries learn from the teacher only.
     """
     if condition not in CONDITIONS:
         raise ValueError(f"unknown distillation condition {condition!r}; choose from {CONDITIONS}")
-    hard = inbatch_cross_entropy(student, offset)
+    hard = inbatch_cross_entropy(student, offset, labelled)
     if condition == "none":
+        if labelled is not None and not labelled.all():
+            raise ValueError("generated queries carry no label: they need a distilling condition")
         return hard
     if teacher is None:
         raise ValueError(f"condition {condition!r} needs teacher scores")

@@ -89,18 +89,24 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
                   teacher_tau: float = 0.25, student_tau: float = 1.0, init: str = "teacher",
                   backbone: str | None = None, gather: bool = False, conv: Conventions = Conventions(),
                   ctx: Context | None = None, teacher_scores: Path | None = None,
-                  embed_weight: float = 0.0) -> None:
+                  embed_weight: float = 0.0, generated: dict[str, list[str]] | None = None,
+                  generated_ratio: float = 0.0) -> None:
     """Distil `teacher_dir` into a bi-encoder and save it to `out` (condition `none` needs no teacher).
 
     `teacher_scores` replaces the online teacher's scores by a Margin-MSE score file (each query's
     own pair, so `triplet` or `margin_mse` only); `embed_weight` > 0 adds EmbedDistill's embedding
-    matching of queries and passages against the teacher's pooled hidden states.
+    matching of queries and passages against the teacher's pooled hidden states. `generated` (pid ->
+    queries generated from it) mixed in at `generated_ratio`: those rows are labelled by the online
+    teacher alone, which only tight coupling makes possible (no qrels, no precomputed scores).
     """
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
     if teacher_scores is not None and condition not in ("triplet", "margin_mse"):
         raise ValueError(f"a teacher score file holds each query's own pair only: condition {condition!r} needs "
                          "the online teacher; use triplet or margin_mse")
+    if generated_ratio > 0 and (condition == "none" or teacher_scores is not None):
+        raise ValueError("generated queries are labelled by the online teacher: use a distilling condition "
+                         "without --teacher-scores")
     ctx = ctx or setup_context()
     teacher = None
     online_scores = condition != "none" and teacher_scores is None
@@ -120,7 +126,8 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
     if embed_weight > 0:
         widths = (student.bert.config.hidden_size, teacher.bert.config.hidden_size)
         matcher = nn.Identity() if widths[0] == widths[1] else nn.Linear(*widths, bias=False).to(ctx.device)
-    batches = TripleBatches(triples, queries, collection, cfg.batch_size, cfg.seed, teacher_scores)
+    batches = TripleBatches(triples, queries, collection, cfg.batch_size, cfg.seed, teacher_scores, generated,
+                            generated_ratio)
     # Gathered passages must have one shape on every rank, so pad to the full length then.
     padding = "max_length" if gather and ctx.world > 1 else "longest"
 
@@ -149,15 +156,17 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
                 targets = (masked_mean(query_hidden, query_tokens["attention_mask"], conv.pool_start),
                            masked_mean(doc_hidden, passage_tokens["attention_mask"], conv.pool_start))
                 matching = sum(map(embedding_matching, mapped, targets)) / 2
+        labelled = None if batch.labelled is None else torch.tensor(batch.labelled, device=ctx.device)
         loss = student_loss(query_vectors @ passage_vectors.T, teacher_scores, condition, gamma, teacher_tau,
-                            student_tau, offset)
+                            student_tau, offset, labelled)
         return loss if matching is None else loss + embed_weight * matching
 
     identity = fingerprint({"stage": "student", "teacher": str(teacher_dir), "init": init, "backbone": backbone,
                             "triples": str(triples), "loop": cfg, "condition": condition, "gamma": gamma,
                             "teacher_tau": teacher_tau, "student_tau": student_tau, "gather": gather,
                             "conv": conv, "world": ctx.world, "teacher_scores": str(teacher_scores),
-                            "embed_weight": embed_weight})
+                            "embed_weight": embed_weight, "generated": len(generated or {}),
+                            "generated_ratio": generated_ratio})
     fit(_QueryPassageEncoder(student, matcher), loss_fn, batches, cfg, checkpoints, identity, ctx,
         desc=f"student[{condition}]")
     finish(student.save, checkpoints, out, losses, ctx)

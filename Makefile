@@ -1,5 +1,7 @@
 # Two set-up commands on a fresh clone: `make demo` and `make test`.
 PYTHON ?= python3
+# Faiss build (a pyproject extra): cpu, or gpu on a CUDA machine (`make FAISS=gpu install`).
+FAISS ?= cpu
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and exactly: any looser spec may pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,$(FAISS)]"
 	# pyserini without its heavy dependency set; what it imports is in pyproject.toml
 	$(BIN)/pip install --quiet --no-deps pyserini==1.6.0
 	touch $(STAMP)
@@ -27,6 +29,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check --no-cache pipeline tests benchmarks
 	$(BIN)/python -m pytest -q -ra
+
+# profiles/slurm against a real one-node SLURM on this machine (tests/cluster/slurm.sh: Debian's slurmctld,
+# slurmd and munge, installed with apt-get when missing; needs root). Skips when they cannot be installed.
+.PHONY: test-cluster
+test-cluster: $(STAMP)
+	PIPELINE_SLURM=1 timeout -k 60 7200 $(BIN)/python -m pytest -q -ra -s tests/cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache pipeline tests benchmarks

@@ -1,0 +1,142 @@
+"""doc2query predictions: the docTTTTTquery JSON-lines format, and the official release fetched.
+
+One passage per line, `{"id": "<pid>", "predicted_queries": ["q1", "q2", ...]}`: castorini's release
+for MS MARCO v1 passage (80 top-k sampled queries per passage, in collection order) and what
+`pipeline.doc2query.generate` writes. Plain and gzipped (.gz) files are read alike.
+
+    python -m pipeline.doc2query.predictions --download-dir resources/downloads/doc2query \
+        --out resources/msmarco-passage/doc2query/predictions.jsonl
+    python -m pipeline.doc2query.predictions --merge gen/shard-0.jsonl gen/shard-1.jsonl --out predictions.jsonl
+
+Downloading fetches each part (resumable, md5-verified when an md5 is known) and writes them, in
+order, as one normalised predictions file; `--merge` does the same with local files (e.g. the
+shards of a generation run, in shard order, which gives collection order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urljoin, urlsplit
+
+from tqdm import tqdm
+
+from pipeline.cli import run_stage
+from pipeline.download import download
+from pipeline.io import InputFormatError, atomic_output
+
+log = logging.getLogger(__name__)
+
+HF_BASE_URL = "https://huggingface.co/datasets/castorini/msmarco_v1_passage_doc2query-t5_expansions/resolve/main/"
+# The MS MARCO v1 passage release is a single 4.0 GB `d2q.jsonl.gz` (its dataset card loads it with
+# data_files='d2q.jsonl.gz'); castorini's v2 releases are split into `d2q/d2q.jsonlNNN.gz` parts, which
+# is why a list of parts is accepted. No md5 is published for it (the Hub shows only the LFS sha256,
+# which we could not confirm), so it is fetched unverified (md5 None); the gzip stream and every line
+# are still checked while merging, so a truncated or corrupt download stops with file and line.
+OFFICIAL_PARTS: tuple[tuple[str, str | None], ...] = (("d2q.jsonl.gz", None),)
+EXPECTED = 'a JSON object with keys "id" (a non-empty string) and "predicted_queries" (a list of strings)'
+
+
+def _open(path: str | os.PathLike) -> BinaryIO:
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def _parse(path: str | os.PathLike, number: int, raw: bytes) -> tuple[str, list[str]]:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputFormatError(path, number, "UTF-8 text", f"invalid byte at column {err.start + 1}") from None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        if not raw.endswith(b"\n"):
+            # A download or a generation run cut short ends in the middle of a record.
+            raise InputFormatError(path, number, "a complete last line; it has no newline and is not valid JSON, "
+                                   "so the file looks truncated", line) from None
+        raise InputFormatError(path, number, EXPECTED, line.rstrip("\r\n")) from None
+    pid = record.get("id") if isinstance(record, dict) else None
+    queries = record.get("predicted_queries") if isinstance(record, dict) else None
+    if isinstance(pid, int) and not isinstance(pid, bool):
+        pid = str(pid)  # numeric ids written as numbers by other tools
+    if (not isinstance(pid, str) or not pid.strip() or not isinstance(queries, list)
+            or not all(isinstance(query, str) for query in queries)):
+        raise InputFormatError(path, number, EXPECTED, line.rstrip("\r\n"))
+    return pid.strip(), queries
+
+
+def iter_predictions(path: str | os.PathLike) -> Iterator[tuple[int, str, list[str]]]:
+    """Yield (line number, pid, predicted queries), checking every line; streams, never loads the file."""
+    number = 0
+    try:
+        with _open(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                pid, queries = _parse(path, number, raw)
+                yield number, pid, queries
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise InputFormatError(path, number + 1, "a complete gzip stream (a truncated download?)", str(err)) from None
+
+
+def read_predictions(path: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
+    """Yield (pid, predicted queries) in file order."""
+    for _, pid, queries in iter_predictions(path):
+        yield pid, queries
+
+
+def format_prediction(pid: str, queries: Sequence[str]) -> str:
+    """One line of the official format (with its newline)."""
+    return json.dumps({"id": pid, "predicted_queries": list(queries)}, ensure_ascii=False) + "\n"
+
+
+def merge_predictions(inputs: Sequence[Path], out: Path, progress: bool = True) -> int:
+    """Check `inputs` and write them, in order, as one normalised predictions file; returns its line count."""
+    count = 0
+    with atomic_output(out) as handle:
+        for path in inputs:
+            for _, pid, queries in tqdm(iter_predictions(path), desc=Path(path).name, unit="passage",
+                                        mininterval=5, disable=not progress):
+                handle.write(format_prediction(pid, queries))
+                count += 1
+    return count
+
+
+def fetch_predictions(parts: Sequence[tuple[str, str | None]], download_dir: Path, out: Path,
+                      base_url: str = HF_BASE_URL, progress: bool = True) -> int:
+    """Download each (name or URL relative to `base_url`, md5 or None) part into `download_dir`, then
+    merge them in order into the predictions file `out`; returns the number of passages."""
+    files = []
+    for name, md5 in parts:
+        url = urljoin(base_url, name)
+        files.append(download(url, Path(download_dir) / Path(urlsplit(url).path).name, md5, progress=progress))
+    return merge_predictions(files, out, progress)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="predictions file to write (JSON lines)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--download-dir", type=Path, help="where the downloaded parts are kept (and resumed)")
+    source.add_argument("--merge", type=Path, nargs="+", metavar="FILE", help="local prediction files, in order")
+    parser.add_argument("--base-url", default=HF_BASE_URL)
+    parser.add_argument("--part", nargs=2, action="append", metavar=("NAME", "MD5"),
+                        help="a part to download (repeatable; MD5 'none' skips verification); default: "
+                             + " ".join(name for name, _ in OFFICIAL_PARTS))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.merge:
+        count = merge_predictions(args.merge, args.out)
+    else:
+        parts = ([(name, None if md5.lower() == "none" else md5) for name, md5 in args.part] if args.part
+                 else list(OFFICIAL_PARTS))
+        count = fetch_predictions(parts, args.download_dir, args.out, args.base_url)
+    log.info("wrote predictions for %d passages to %s", count, args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

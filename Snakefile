@@ -16,6 +16,7 @@ validate(config, "schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/bm25.smk"
+include: "rules/doc2query.smk"
 include: "rules/train.smk"
 include: "rules/dense.smk"
 include: "rules/fusion.smk"
@@ -27,6 +28,7 @@ include: "rules/tables.smk"
 localrules:
     all,
     prepare_data,
+    doc2query_download,
     tables,
     report,
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
+_UMASK = os.umask(0o022)  # read once (the call sets it, so set it straight back)
+os.umask(_UMASK)
 
 
 class InputFormatError(ValueError):
@@ -37,6 +39,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; outputs get the usual permissions
     try:
         kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
         with os.fdopen(fd, mode, **kwargs) as handle:
@@ -56,6 +59,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         if path.exists():
@@ -66,31 +70,39 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _decode(path: str | os.PathLike, number: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as err:
+        raise InputFormatError(path, number, "UTF-8 text", f"invalid byte at column {err.start + 1}") from None
+
+
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """Yield (line number, line without its newline), decoding each line as strict UTF-8."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InputFormatError(path, number, "UTF-8 text", f"invalid byte at column {err.start + 1}") from None
-            yield number, line.rstrip("\r\n")
+            yield number, _decode(path, number, raw)
+
+
+def _id_text(path: str | os.PathLike, number: int, line: str, what: str, seen: set[str]) -> tuple[str, str]:
+    """One `id<TAB>text` line checked: non-empty id and text, the id not in `seen` (then added)."""
+    ident, tab, text = line.partition("\t")
+    ident, text = ident.strip(), text.strip()
+    if not tab or not ident:
+        raise InputFormatError(path, number, f"'{what}<TAB>text'", line)
+    if not text:
+        raise InputFormatError(path, number, f"non-empty text for {what} {ident}")
+    if ident in seen:
+        raise InputFormatError(path, number, f"a unique {what}; {ident} appeared before")
+    seen.add(ident)
+    return ident, text
 
 
 def iter_id_text(path: str | os.PathLike, what: str) -> Iterator[tuple[int, str, str]]:
     """Yield (line, id, text) from an `id<TAB>text` file, refusing empty ids, empty text and repeats."""
     seen: set[str] = set()
     for number, line in iter_lines(path):
-        ident, tab, text = line.partition("\t")
-        ident, text = ident.strip(), text.strip()
-        if not tab or not ident:
-            raise InputFormatError(path, number, f"'{what}<TAB>text'", line)
-        if not text:
-            raise InputFormatError(path, number, f"non-empty text for {what} {ident}")
-        if ident in seen:
-            raise InputFormatError(path, number, f"a unique {what}; {ident} appeared before")
-        seen.add(ident)
-        yield number, ident, text
+        yield number, *_id_text(path, number, line, what, seen)
 
 
 def read_queries(path: str | os.PathLike) -> dict[str, str]:
@@ -119,13 +131,15 @@ def read_collection_shard(path: str | os.PathLike, shard: int, shards: int) -> t
         raise ValueError(f"shard {shard} is not in 0..{shards - 1}")
     total = count_lines(path)
     lo, hi = total * shard // shards, total * (shard + 1) // shards
-    ids, texts = [], []
-    for number, pid, text in iter_id_text(path, "pid"):
-        if number > hi:
-            break
-        if number > lo:
-            ids.append(pid)
-            texts.append(text)
+    ids, texts, seen = [], [], set()
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number > hi:
+                break
+            if number > lo:  # earlier shards' lines are skipped undecoded: prepare_data checked them
+                pid, text = _id_text(path, number, _decode(path, number, raw), "pid", seen)
+                ids.append(pid)
+                texts.append(text)
     return ids, texts
 
 

@@ -40,6 +40,7 @@ rule bm25_run:
         hits=config["bm25"]["hits"],
         latency_queries=config["bm25"]["latency_queries"],
         remove_query="--remove-query" if config["bm25"]["remove_query"] else "",
+        max_heap=config["bm25"]["max_heap"],
     threads: config["bm25"]["threads"]
     resources:
         mem_mb=rule_resource("bm25_run", "mem_mb", 8000),
@@ -49,4 +50,5 @@ rule bm25_run:
     shell:
         "python -m pipeline.sparse.search --index {input.index} --queries {input.queries} --run {output.run}"
         " --k1 {params.k1} --b {params.b} --hits {params.hits} --threads {threads} {params.remove_query}"
-        " --latency-queries {params.latency_queries} --tag {wildcards.sparse} > {log} 2>&1"
+        " --latency-queries {params.latency_queries} --max-heap {params.max_heap} --tag {wildcards.sparse}"
+        " > {log} 2>&1"

@@ -12,6 +12,7 @@ BENCH = f"{OUT}/benchmarks"
 SPARSE_RUNS = config["bm25"]["runs"]
 VARIANTS = config["student"]["variants"]
 PUBLISHED = config["dense"]["published"]
+D2Q = config["doc2query"]
 DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
 if "tune" in DATASET["splits"]:
     raise ValueError("'tune' is the alpha-tuning sample drawn from train; choose another split name")
@@ -19,9 +20,18 @@ _clashes = (set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & set(SPARSE_RU
 if _clashes:
     raise ValueError(f"run names must be unique across bm25.runs, student.variants and dense.published: {_clashes}")
 
+_expanded_runs = [name for name, run in SPARSE_RUNS.items() if run["collection"] == D2Q["collection"]]
+if _expanded_runs and D2Q["source"] == "none":
+    raise ValueError(f"bm25.runs {_expanded_runs} index {D2Q['collection']}, the doc2query expansion: "
+                     "set doc2query.source (download, generate or train)")
+_generated = [name for name, variant in VARIANTS.items() if variant.get("generated_ratio", 0) > 0]
+if _generated and D2Q["source"] == "none":
+    raise ValueError(f"student.variants {_generated} train on generated queries: set doc2query.source")
+
 
 wildcard_constraints:
     split="[A-Za-z0-9_-]+",
+    shard="[0-9]+",
     run="[A-Za-z0-9_+-]+",
     sparse="|".join(sorted(SPARSE_RUNS)),
     stem="[A-Za-z0-9._-]+",
@@ -132,16 +142,22 @@ def table_inputs(wildcards):
     return files
 
 
-def loop_arguments(stage):
-    """The training-loop options of `stage` (teacher or student) as command-line arguments."""
-    args = ["--max-query-length", config["model"]["query_length"], "--max-doc-length", config["model"]["doc_length"]]
-    for key, value in config[stage]["train"].items():
+def flag_arguments(settings):
+    """{key: value} as command-line flags: --key value, or a bare --key for a true boolean."""
+    args = []
+    for key, value in settings.items():
         flag = f"--{key.replace('_', '-')}"
         if isinstance(value, bool):
             args += [flag] if value else []
         else:
-            args += [flag, value]
-    return [str(a) for a in args]
+            args += [flag, str(value)]
+    return args
+
+
+def loop_arguments(stage):
+    """The training-loop options of `stage` (teacher or student) as command-line arguments."""
+    args = ["--max-query-length", config["model"]["query_length"], "--max-doc-length", config["model"]["doc_length"]]
+    return [str(a) for a in args] + flag_arguments(config[stage]["train"])
 
 
 def launcher(stage):
@@ -167,6 +183,8 @@ def student_inputs(wildcards):
         inputs["teacher"] = f"{RES}/models/teacher"
     if "teacher_scores" in variant:
         inputs["teacher_scores"] = variant["teacher_scores"]
+    if variant.get("generated_ratio", 0) > 0:
+        inputs["generated"] = doc2query_predictions()
     return inputs
 
 
@@ -186,7 +204,49 @@ def student_options(wildcards):
         args += ["--embed-weight", variant["embed_weight"]]
     if "teacher_scores" in variant:
         args += ["--teacher-scores", variant["teacher_scores"]]
+    if variant.get("generated_ratio", 0) > 0:
+        args += ["--generated", *doc2query_predictions(), "--generated-ratio", variant["generated_ratio"]]
     return [str(a) for a in args]
+
+
+def doc2query_predictions():
+    """The prediction files of the configured doc2query source, in collection order."""
+    if D2Q["source"] == "download":
+        return [f"{RES}/doc2query/predictions.jsonl"]
+    if D2Q["source"] in ("generate", "train"):
+        return [f"{RES}/doc2query/generated/shard-{i}.jsonl" for i in range(D2Q["generate"]["shards"])]
+    return []
+
+
+def doc2query_parts():
+    return [a for part in D2Q["download"]["parts"] for a in ("--part", part["name"], part["md5"] or "none")]
+
+
+def doc2query_model(wildcards):
+    """Input function: the model trained here (a published checkpoint is no file input)."""
+    return [f"{RES}/models/doc2query"] if D2Q["source"] == "train" else []
+
+
+def doc2query_model_spec():
+    return f"{RES}/models/doc2query" if D2Q["source"] == "train" else D2Q["model"]
+
+
+def doc2query_train_options():
+    train = D2Q["train"]
+    args = ["--init", train["init"], "--max-source-length", D2Q["generate"]["max_source_length"],
+            "--max-target-length", D2Q["generate"]["max_target_length"]]
+    if train["init"] == "scratch":
+        args += ["--tokenizer", config["model"]["backbone"]]
+        args += [a for key, value in train["size"].items() for a in (f"--{key.replace('_', '-')}", value)]
+    return [str(a) for a in args + flag_arguments(train["loop"])]
+
+
+def doc2query_generate_options():
+    generate = D2Q["generate"]
+    args = ["--shards", generate["shards"], "--n-samples", generate["samples"], "--top-k", generate["top_k"],
+            "--batch-size", generate["batch_size"], "--max-source-length", generate["max_source_length"],
+            "--max-target-length", generate["max_target_length"], "--seed", generate["seed"]]
+    return [str(a) for a in args] + (["--bf16"] if generate["bf16"] else [])
 
 
 def dense_model(wildcards):
@@ -209,6 +269,14 @@ def token_shards(wildcards):
 def index_options(with_kind=True):
     index = {key: value for key, value in config["dense"]["index"].items() if with_kind or key != "kind"}
     return [str(a) for key, value in index.items() for a in (f"--{key.replace('_', '-')}", value)]
+
+
+def search_options():
+    """dense_run's device flags (pipeline.dense.search)."""
+    search = config["dense"]["search"]
+    args = ["--device", search["device"], "--search-shards", str(search["slices"])]
+    args += ["--gpu-memory-mb", str(search["gpu_memory_mb"])] if search["gpu_memory_mb"] else []
+    return args + (["--fp16"] if search["fp16"] else [])
 
 
 def index_comparisons():
@@ -255,7 +323,8 @@ def training_curves():
     """Loss logs of the teacher and of every trained student (published checkpoints have none)."""
     if "train" not in DATASET["splits"]:
         return []
-    return [f"{OUT}/training/{name}.losses.csv" for name in ["teacher", *VARIANTS]]
+    extra = ["doc2query"] if D2Q["source"] == "train" else []
+    return [f"{OUT}/training/{name}.losses.csv" for name in ["teacher", *VARIANTS, *extra]]
 
 
 def all_targets():

@@ -122,8 +122,10 @@ rule dense_run:
     params:
         hits=config["dense"]["hits"],
         latency_queries=config["dense"]["latency_queries"],
+        device=search_options(),
     threads: config["dense"]["threads"]
     resources:
+        gpu=0 if config["dense"]["search"]["device"] == "cpu" else 1,
         mem_mb=rule_resource("dense_run", "mem_mb", 32000),
         runtime=rule_resource("dense_run", "runtime", 120),
     conda:
@@ -131,7 +133,7 @@ rule dense_run:
     shell:
         "python -m pipeline.dense.search --index {input.index} --queries {input.queries} --run {output.run}"
         " --hits {params.hits} --threads {threads} --latency-queries {params.latency_queries}"
-        " --tag {wildcards.model} > {log} 2>&1"
+        " {params.device:q} --tag {wildcards.model} > {log} 2>&1"
 
 
 rule encode_tokens:

@@ -36,6 +36,29 @@ def make_tiny_bert(directory: Path, dropout: float = 0.0, seed: int = 0, hidden_
     return directory
 
 
+def small_demo_overlay(workdir: Path) -> Path:
+    """Settings over profiles/demo/workflow.yaml for a small whole-DAG run (400 passages, a tiny random BERT,
+    3 training steps, a tiny T5), written to `workdir`/overlay.yaml for the workflow and cluster tests."""
+    import yaml
+
+    tiny = make_tiny_bert(workdir / "tiny-bert")
+    loop = {"steps": 3, "batch_size": 4, "lr": 1.0e-4, "warmup_steps": 1, "checkpoint_every": 2, "bf16": False}
+    settings = {
+        "dataset": {"synthetic": {"passages": 400, "train": 60, "dev": 40, "dl": 8}},
+        "bm25": {"latency_queries": 5}, "model": {"backbone": str(tiny)},
+        "teacher": {"train": loop}, "student": {"train": loop},
+        "dense": {"latency_queries": 5, "bf16": False, "index": {"kind": "flat", "nlist": 8, "pq_m": 8}},
+        "rerank": {"depth": 20},
+        "fusion": {"tune_queries": 30, "grid": {"start": 0.0, "stop": 1.0, "step": 0.1}},
+        "doc2query": {"n_queries": 2, "generate": {"samples": 2, "max_target_length": 6},
+                      "train": {"size": {"d_model": 16, "heads": 2, "d_ff": 32, "encoder_layers": 1,
+                                         "decoder_layers": 1},
+                                "loop": {"steps": 3, "batch_size": 4, "checkpoint_every": 2}}}}
+    path = workdir / "overlay.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
 def make_triples_dataset(directory: Path, n_queries: int = 16) -> dict[str, Path]:
     """A small hand-made training set: query i asks about topic i; its positive mentions it."""
     topics = ["apple", "river", "engine", "violin", "glacier", "falcon", "copper", "tulip", "comet", "harbor",

@@ -68,6 +68,15 @@ def test_sharded_flat_search_equals_numpy_brute_force(corpus):
     assert timing["search_ms_median"] > 0 and timing["latency_ms_median"] >= timing["search_ms_median"]
 
 
+def test_tokenisation_windows_do_not_change_the_vectors(corpus, monkeypatch):
+    """A shard tokenised in windows (large shards) gives the rows a single window gives, in collection order."""
+    whole, ids, _ = open_shard(encode_sharded(corpus, 1)[0])
+    monkeypatch.setattr("pipeline.dense.encode.WINDOW", 37)  # 230 passages: six full windows and a partial one
+    windowed, windowed_ids, _ = open_shard(encode_sharded(corpus, 1, name="windowed")[0])
+    assert windowed_ids == ids
+    assert np.allclose(windowed, whole, atol=1e-5)
+
+
 def test_shard_count_does_not_change_the_run(corpus):
     for shards in (1, 4):
         build_index(encode_sharded(corpus, shards), corpus / "collection.tsv", corpus / f"index{shards}")

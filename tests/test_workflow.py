@@ -1,5 +1,6 @@
 """The Snakemake workflow itself: schema validation, the paper DAG, lint, and a small demo run."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.io import read_triples
-from tests.conftest import ROOT, make_tiny_bert
+from tests.conftest import ROOT, small_demo_overlay
 
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs"]
 
@@ -58,10 +59,28 @@ def test_paper_config_dag_lists_every_stage(workdir):
     assert result.returncode == 0, result.stderr
     stages = ("prepare_data", "bm25_index", "bm25_run", "train_teacher", "train_student", "encode_corpus",
               "build_index", "encode_queries", "dense_run", "encode_tokens", "colbert_rerank", "dense_rerank",
-              "sample_queries", "tune_alpha", "fuse", "evaluate", "tables", "report")
+              "sample_queries", "tune_alpha", "fuse", "evaluate", "tables", "report", "doc2query_download",
+              "expand_collection")
     listed = result.stdout.split("Job stats:")[-1]
     assert [rule for rule in stages if rule not in listed] == []
     assert "mine_negatives" not in result.stdout  # MS MARCO ships official triples
+    assert "generate_doc2query" not in listed  # the published predictions are downloaded
+
+
+def test_doc2query_sources_choose_their_rules(workdir):
+    """generate: one job per shard from a checkpoint; train: the model first; none with a d2q run: an error."""
+    generate = snakemake(workdir, "-n", "--quiet", "rules", "--configfile", "config.yaml",
+                         overlay(workdir, {"doc2query": {"source": "generate", "generate": {"shards": 3}}}))
+    assert generate.returncode == 0, generate.stderr
+    stats = generate.stdout.split("Job stats:")[-1]
+    assert "generate_doc2query        3" in stats and "train_doc2query" not in stats
+    assert "doc2query_download" not in stats
+    trained = snakemake(workdir, "-n", "--quiet", "rules", "--configfile", "config.yaml",
+                        overlay(workdir, {"doc2query": {"source": "train"}}))
+    assert trained.returncode == 0 and "train_doc2query" in trained.stdout, trained.stderr
+    missing = snakemake(workdir, "-n", "--configfile", "config.yaml",
+                        overlay(workdir, {"doc2query": {"source": "none"}}))
+    assert missing.returncode != 0 and "set doc2query.source" in missing.stdout + missing.stderr
 
 
 def test_lint_is_clean(workdir):
@@ -72,15 +91,7 @@ def test_lint_is_clean(workdir):
 @pytest.mark.slow
 def test_small_demo_dag_end_to_end(workdir):
     """The demo profile's whole DAG on a small synthetic set with a tiny random BERT."""
-    tiny = make_tiny_bert(workdir / "tiny-bert")
-    loop = {"steps": 3, "batch_size": 4, "lr": 1.0e-4, "warmup_steps": 1, "checkpoint_every": 2, "bf16": False}
-    small = overlay(workdir, {
-        "dataset": {"synthetic": {"passages": 400, "train": 60, "dev": 40, "dl": 8}},
-        "bm25": {"latency_queries": 5}, "model": {"backbone": str(tiny)},
-        "teacher": {"train": loop}, "student": {"train": loop},
-        "dense": {"latency_queries": 5, "bf16": False, "index": {"kind": "flat", "nlist": 8, "pq_m": 8}},
-        "rerank": {"depth": 20},
-        "fusion": {"tune_queries": 30, "grid": {"start": 0.0, "stop": 1.0, "step": 0.1}}})
+    small = str(small_demo_overlay(workdir))
     result = snakemake(workdir, "--profile", "profiles/demo", "--configfile", "config.yaml",
                        "profiles/demo/workflow.yaml", small)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -88,12 +99,15 @@ def test_small_demo_dag_end_to_end(workdir):
     header = lines[0].split("\t")
     assert header[:6] == ["method", "dev/RR@10", "dev/R@1000", "dl/nDCG@10", "dl/R(rel=2)@1000", "latency_ms"]
     rows = {cells[0]: dict(zip(header, cells, strict=True)) for cells in (line.split("\t") for line in lines[1:])}
-    assert list(rows) == ["BM25", "Bi-encoder (PoolAvg)", "Bi-encoder (TCT-ColBERT)", "ColBERT (multi-stage)",
-                          "PoolAvg + BM25", "TCT-ColBERT + BM25"]
+    assert list(rows) == ["BM25", "doc2query-T5", "Bi-encoder (PoolAvg)", "Bi-encoder (TCT-ColBERT)",
+                          "ColBERT (multi-stage)", "PoolAvg + BM25", "TCT-ColBERT + BM25", "PoolAvg + doc2query-T5",
+                          "TCT-ColBERT + doc2query-T5"]
     for row in rows.values():
         assert 0.0 <= float(row["dev/RR@10"].rstrip("*")) <= 1.0 and float(row["latency_ms"]) > 0
     assert 0.0 <= float(rows["TCT-ColBERT + BM25"]["alpha"]) <= 1.0
     assert rows["BM25"]["dev/RR@10"] != "0.0000"
+    expansion = json.loads((workdir / "results" / "synthetic" / "doc2query" / "expansion.json").read_text())
+    assert expansion["expanded"] == expansion["passages"] == 400 and expansion["n_queries"] == 2
     triples = read_triples(workdir / "resources" / "synthetic" / "triples.train.tsv")
     per_query = Counter(qid for qid, _, _ in triples)  # mined: up to 4 BM25 negatives per positive
     assert len(per_query) >= 0.9 * 60 and max(per_query.values()) <= 4

@@ -38,6 +38,7 @@ from pipeline.models.backbone import tokenize_passages
 from pipeline.models.biencoder import BiEncoder
 
 log = logging.getLogger(__name__)
+WINDOW = 50_000  # passages tokenised at a time
 
 
 def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shards: int = 1,
@@ -58,23 +59,27 @@ def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shard
     ids, texts = read_collection_shard(collection, shard, shards)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder.to(device).eval()
-    # Tokenise once without padding to sort by length, then pad each batch to its own longest.
-    tokens = tokenize_passages(encoder.tokenizer, texts, encoder.conv, padding=False) if texts else None
-    order = np.argsort([-len(t) for t in tokens["input_ids"]], kind="stable") if texts else np.array([], int)
     dims = encoder.bert.config.hidden_size
     started = time.perf_counter()
     with atomic_directory(out) as staging:
         vectors = np.lib.format.open_memmap(staging / EMBEDDINGS_FILE, mode="w+", dtype=dtype,
                                             shape=(len(ids), dims))
-        with torch.inference_mode(), autocast_context(device, bf16):
-            for start in tqdm(range(0, len(order), batch_size), desc=f"encode shard {shard}", unit="batch",
-                              mininterval=5):
-                rows = order[start:start + batch_size]
-                batch = encoder.tokenizer.pad({"input_ids": [tokens["input_ids"][i] for i in rows],
-                                               "attention_mask": [tokens["attention_mask"][i] for i in rows]},
-                                              return_tensors="pt").to(device)
-                pooled = encoder(batch["input_ids"], batch["attention_mask"])
-                vectors[rows] = pooled.float().cpu().numpy().astype(dtype)
+        progress = tqdm(total=len(ids), desc=f"encode shard {shard}", unit="passage", mininterval=5)
+        with torch.inference_mode(), autocast_context(device, bf16), progress:
+            # Tokenised a window at a time (token lists of a 1M-passage shard would take ~15 GB), sorted by
+            # length within the window so that each batch pads to its own longest, written back in order.
+            for window in range(0, len(texts), WINDOW):
+                tokens = tokenize_passages(encoder.tokenizer, texts[window:window + WINDOW], encoder.conv,
+                                           padding=False)
+                order = np.argsort([-len(t) for t in tokens["input_ids"]], kind="stable")
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    batch = encoder.tokenizer.pad({"input_ids": [tokens["input_ids"][i] for i in rows],
+                                                   "attention_mask": [tokens["attention_mask"][i] for i in rows]},
+                                                  return_tensors="pt").to(device)
+                    pooled = encoder(batch["input_ids"], batch["attention_mask"])
+                    vectors[window + rows] = pooled.float().cpu().numpy().astype(dtype)
+                    progress.update(len(rows))
         vectors.flush()
         del vectors
         write_ids(staging / IDS_FILE, ids)

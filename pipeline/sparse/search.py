@@ -17,7 +17,7 @@ from tqdm import tqdm
 from pipeline.cli import run_stage
 from pipeline.io import atomic_output, read_queries, write_run
 from pipeline.sparse.index import lucene_dir
-from pipeline.sparse.jvm import import_pyserini
+from pipeline.sparse.jvm import import_pyserini, start_jvm
 from pipeline.timing import time_each
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def bm25_search(index_dir: Path, queries_path: Path, run_path: Path, *, k1: float = 0.9, b: float = 0.4,
                 hits: int = 1000, threads: int = 1, batch_size: int = 1000, remove_query: bool = False,
-                latency_queries: int = 200, tag: str = "bm25") -> dict:
+                latency_queries: int = 200, tag: str = "bm25", max_heap: str | None = None) -> dict:
     """Search every query; write the run and, beside it, `<run>.latency.json` with timings.
 
     `remove_query` drops a hit whose docid equals the query id (pyserini's --remove-query, used for
@@ -33,6 +33,7 @@ def bm25_search(index_dir: Path, queries_path: Path, run_path: Path, *, k1: floa
     at a time on one thread, over the first `latency_queries` queries: batch throughput with many
     threads is not what a user waiting on one query sees.
     """
+    start_jvm(max_heap)  # without -Xmx the JVM grows towards a quarter of the machine's memory
     lucene = import_pyserini("pyserini.search.lucene")
     searcher = lucene.LuceneSearcher(str(lucene_dir(index_dir)))
     searcher.set_bm25(k1, b)
@@ -77,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--remove-query", action="store_true")
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--tag", default="bm25")
+    parser.add_argument("--max-heap", default=None, help="JVM -Xmx, e.g. 8g")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     timing = bm25_search(args.index, args.queries, args.run, k1=args.k1, b=args.b, hits=args.hits,
                          threads=args.threads, remove_query=args.remove_query,
-                         latency_queries=args.latency_queries, tag=args.tag)
+                         latency_queries=args.latency_queries, tag=args.tag, max_heap=args.max_heap)
     log.info("searched %d queries: %.2f ms/query batched, %s ms median latency", timing["queries"],
              timing["batch_ms_per_query"], timing["latency_ms_median"])
 

@@ -74,8 +74,12 @@ def setup_context() -> Context:
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        return Context(torch.device("cuda", local), rank, world)
-    return Context(torch.device("cpu"), rank, world)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    # One line per process: how a job log shows that torchrun started every rank.
+    log.info("rank %d of %d on %s (pid %d)", rank, world, device, os.getpid())
+    return Context(device, rank, world)
 
 
 def seed_everything(seed: int) -> None:

@@ -22,6 +22,8 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 from pipeline.cli import run_stage
+from pipeline.doc2query.predictions import read_predictions
+from pipeline.io import iter_lines
 from pipeline.models.backbone import Conventions, masked_mean, tokenize_passages, tokenize_queries
 from pipeline.models.biencoder import BiEncoder
 from pipeline.models.colbert import ColBERT, maxsim
@@ -82,6 +84,13 @@ def _online_scores(teacher: ColBERT, query_tokens: dict, passage_tokens: dict, q
         doc_embeddings = _gather_passages(doc_embeddings, ctx, differentiable=False)
         doc_mask = _gather_passages(doc_mask, ctx, differentiable=False)
     return maxsim(query_embeddings, query_tokens["attention_mask"], doc_embeddings, doc_mask)
+
+
+def read_generated(paths: list[Path], triples: Path) -> dict[str, list[str]]:
+    """Predicted queries (doc2query format) of the triples' positives only: the full MS MARCO
+    predictions hold 80 queries for each of 8.8M passages, far more than training needs in memory."""
+    positives = {line.split("\t")[1] for _, line in iter_lines(triples) if line.count("\t") == 2}
+    return {pid: queries for path in paths for pid, queries in read_predictions(path) if pid in positives}
 
 
 def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collection: Path, out: Path,
@@ -185,14 +194,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-scores", type=Path, default=None,
                         help="Margin-MSE scores ('pos_score neg_score qid pos_pid neg_pid') instead of online ones")
     parser.add_argument("--embed-weight", type=float, default=0.0, help="weight of embedding matching (EmbedDistill)")
+    parser.add_argument("--generated", type=Path, nargs="+", default=[],
+                        help="doc2query predictions (JSON lines): queries generated from the training positives")
+    parser.add_argument("--generated-ratio", type=float, default=0.0,
+                        help="share of each batch whose query is a generated one, labelled by the teacher alone")
     add_loop_arguments(parser)
     args = parser.parse_args(argv)
+    if args.generated_ratio > 0 and not args.generated:
+        parser.error("--generated-ratio needs --generated prediction files")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     conv = Conventions(query_length=args.max_query_length, doc_length=args.max_doc_length)
     train_student(args.teacher, args.triples, args.queries, args.collection, args.out, args.checkpoints,
                   args.losses, loop_config(args), args.condition, args.gamma, args.teacher_tau, args.student_tau,
                   args.init, args.backbone, args.gather, conv, teacher_scores=args.teacher_scores,
-                  embed_weight=args.embed_weight)
+                  embed_weight=args.embed_weight,
+                  generated=read_generated(args.generated, args.triples) if args.generated else None,
+                  generated_ratio=args.generated_ratio)
 
 
 if __name__ == "__main__":

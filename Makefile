@@ -34,7 +34,7 @@ test: $(STAMP)
 # slurmd and munge, installed with apt-get when missing; needs root). Skips when they cannot be installed.
 .PHONY: test-cluster
 test-cluster: $(STAMP)
-	PIPELINE_SLURM=1 timeout -k 60 7200 $(BIN)/python -m pytest -q -ra -s tests/cluster
+	PIPELINE_SLURM=1 timeout -k 60 2400 $(BIN)/python -m pytest -q -ra -s tests/cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache pipeline tests benchmarks

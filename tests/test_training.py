@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline.doc2query.predictions import format_prediction
 from pipeline.io import InputFormatError, read_collection
 from pipeline.models import colbert as colbert_module
 from pipeline.models.colbert import ColBERT
 from pipeline.train.batches import TripleBatches, read_teacher_scores
 from pipeline.train.loop import LoopConfig
-from pipeline.train.student import train_student
+from pipeline.train.student import read_generated, train_student
 from pipeline.train.teacher import train_teacher
 from tests.conftest import ROOT, make_tiny_bert, make_triples_dataset
 
@@ -213,3 +214,14 @@ def test_generated_queries_replace_a_seeded_share_of_each_batch(setup):
     with pytest.raises(ValueError, match="generated_ratio must lie in"):
         TripleBatches(data["triples"], data["queries"], data["collection"], 8, 0, generated=generated,
                       generated_ratio=1.5)
+
+
+def test_generated_queries_are_read_for_the_training_positives_only(setup, tmp_path):
+    """Only the positives' predictions are kept (the full MS MARCO file holds 8.8M passages), from every file."""
+    _, data = setup
+    positives = sorted({line.split("\t")[1] for line in data["triples"].read_text().splitlines()})
+    first, second = tmp_path / "shard-0.jsonl", tmp_path / "shard-1.jsonl"
+    first.write_text(format_prediction(positives[0], ["one", "two"]) + format_prediction("unused", ["never"]))
+    second.write_text(format_prediction(positives[1], ["three"]))
+    assert read_generated([first, second], data["triples"]) == {positives[0]: ["one", "two"],
+                                                                 positives[1]: ["three"]}

@@ -106,6 +106,10 @@ def test_small_demo_dag_end_to_end(workdir):
         assert 0.0 <= float(row["dev/RR@10"].rstrip("*")) <= 1.0 and float(row["latency_ms"]) > 0
     assert 0.0 <= float(rows["TCT-ColBERT + BM25"]["alpha"]) <= 1.0
     assert rows["BM25"]["dev/RR@10"] != "0.0000"
+    table4 = (workdir / "results" / "table4_distillation.tsv").read_text()
+    strategies = [line.split("\t") for line in table4.splitlines()]
+    assert [row[1] for row in strategies[1:]] == ["poolavg", "tct_inbatch", "tct_margin", "tct_embed", "tct_generated"]
+    assert all(0.0 <= float(row[2].rstrip("*")) <= 1.0 and float(row[6]) > 0 for row in strategies[1:])
     expansion = json.loads((workdir / "results" / "synthetic" / "doc2query" / "expansion.json").read_text())
     assert expansion["expanded"] == expansion["passages"] == 400 and expansion["n_queries"] == 2
     triples = read_triples(workdir / "resources" / "synthetic" / "triples.train.tsv")

@@ -7,7 +7,8 @@
 
 The pairs are (judged passage -> its query) for every relevance > 0 in the qrels. `--init` is a
 seq2seq checkpoint (directory or Hub id, e.g. t5-base as in docTTTTTquery: 512 passage tokens, 64
-query tokens, constant lr 1e-4 for 4k steps of 256) or `scratch`: a small T5 (sizes from the
+query tokens, ~4k steps of 256 pairs with Adafactor at a constant 1e-3; AdamW here, whose usual T5
+fine-tuning rate is 1e-4) or `scratch`: a small T5 (sizes from the
 flags below) over the vocabulary of `--tokenizer`, by default the packaged all-MiniLM-L6-v2's, so
 the demo needs no download. The output directory (safetensors + tokenizer) is what
 `pipeline.doc2query.generate --model` reads. Optimisation, checkpoints and resuming are the shared

@@ -1,0 +1,112 @@
+"""Resource plan for the paper's scale (MS MARCO passage, bert-base-uncased): GPU-hours, disk and memory.
+
+Measured here: word pieces per real MS MARCO passage and query (../shared/data, the uncased vocabulary
+bert-base shares with the packaged MiniLM), and the FLOP rate this CPU reaches running a randomly
+initialised bert-base encoder (the FLOP count below, divided by the measured seconds: a check that
+the count describes the work). Stated: FLOP counts (2 x non-embedding parameters per token forward,
+3x that for forward + backward), the paper's step counts and batch sizes (config.yaml), GPU peaks from
+the vendors' datasheets (A100 312, H100 SXM 989 dense bf16 TFLOP/s) and the utilisation assumed for
+each kind of work. Prints the Markdown table the README's resource plan shows.
+
+    python benchmarks/resource_plan.py [--gpus 8] [--train-utilisation 0.4] [--infer-utilisation 0.4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from pipeline.io import read_collection
+from pipeline.models.backbone import PACKAGED_MINILM, resolve_backbone
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+PASSAGES, DEV_QUERIES = 8_841_823, 6_980
+GPUS = {"A100": 312e12, "H100": 989e12}  # dense bf16 FLOP/s
+PREFIX = 4  # '[CLS] [D] ' / '[CLS] [Q] ' of the TCT conventions
+
+
+def mean_tokens(tokenizer, texts: list[str], cap: int) -> float:
+    return sum(min(len(ids) + PREFIX, cap) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) / len(
+        texts)
+
+
+def measured_lengths(tokenizer) -> tuple[float, float]:
+    """Mean passage (capped at 154) and query (36, [MASK]-padded: always 36) lengths in word pieces."""
+    collection = SHARED / "msmarco-dl-mini" / "collection.tsv"
+    if not collection.exists():
+        return 80.0, 36.0  # typical MS MARCO figures when the real data is absent
+    texts = [text for _, (_, text) in zip(range(5000), read_collection(collection), strict=False)]
+    return mean_tokens(tokenizer, texts, 154), 36.0
+
+
+def cpu_flop_rate(tokens: int, batch: int = 16) -> tuple[float, int]:
+    """FLOP/s this CPU reaches in bert-base inference (bf16 autocast), by the count used below."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig()).eval()
+    dense = non_embedding_parameters(model)
+    ids = torch.randint(1000, 20000, (batch, tokens))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids)
+        started = time.perf_counter()
+        for _ in range(3):
+            model(input_ids=ids)
+    seconds = (time.perf_counter() - started) / 3
+    return 2 * dense * batch * tokens / seconds, dense
+
+
+def non_embedding_parameters(model: BertModel) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embeddings"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs of the SLURM column")
+    parser.add_argument("--train-utilisation", type=float, default=0.4, help="share of peak in training")
+    parser.add_argument("--infer-utilisation", type=float, default=0.4, help="share of peak in batch encoding")
+    parser.add_argument("--scaling", type=float, default=0.9, help="DDP efficiency per added GPU (training)")
+    args = parser.parse_args()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(PACKAGED_MINILM))
+    passage, query = measured_lengths(tokenizer)
+    rate, dense = cpu_flop_rate(int(passage))
+    forward = 2 * dense  # FLOP per token, forward
+    student_step = 96 * (query + 2 * passage) * (3 * forward + forward)  # student fwd+bwd, teacher fwd
+    teacher_step = 32 * (query + 2 * passage) * 3 * forward
+    stages = [  # name, FLOP, kind (train / infer / cpu), disk bytes, memory note
+        ("train_teacher (ColBERT, 200k x 32)", 200_000 * teacher_step, "train", 0.44e9, "1 GPU, ~10 GB"),
+        ("train_student, each of 3 (160k x 96, teacher in the step)", 160_000 * student_step, "train", 0.44e9,
+         "1 GPU, ~30 GB at batch 96 (bf16)"),
+        ("encode_corpus (8.8M passages)", PASSAGES * passage * forward, "infer", PASSAGES * 768 * 2,
+         "per shard job: its vectors + one batch"),
+        ("encode_tokens (ColBERT token index)", PASSAGES * passage * forward, "infer", PASSAGES * passage * 128 * 2,
+         "per shard job: its token vectors"),
+        ("build_index (flat, float32)", 0, "cpu", PASSAGES * 768 * 4, f"{PASSAGES * 768 * 4 / 1e9:.0f} GB RAM"),
+        ("dense_run, dev (6,980 queries, flat)", DEV_QUERIES * PASSAGES * 768 * 2, "infer", 0,
+         f"index in RAM, or {PASSAGES * 768 * 2 / 1e9:.1f} GB on GPU (fp16)"),
+        ("colbert_rerank, dev (1000 candidates)", DEV_QUERIES * 1000 * query * passage * 128 * 2, "infer", 0,
+         "token index memory-mapped"),
+    ]
+    print(f"\nMeasured: {passage:.1f} word pieces per MS MARCO passage (capped at 154, prefix included), queries "
+          f"{query:.0f}; bert-base has {dense / 1e6:.0f}M non-embedding parameters; this CPU ran its encoder at "
+          f"{rate / 1e9:.0f} GFLOP/s (bf16 autocast, {torch.get_num_threads()} threads).")
+    print(f"Assumed: training at {args.train_utilisation:.0%} and batch inference at {args.infer_utilisation:.0%} of "
+          f"the bf16 peak; {args.gpus} GPUs scale training at {args.scaling:.0%} efficiency.\n")
+    header = ["stage", "PFLOP", "this CPU (h)", *(f"1x {g} (h)" for g in GPUS),
+              *(f"{args.gpus}x {g} wall (h)" for g in GPUS), "disk", "memory"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, flops, kind, disk, memory in stages:
+        share = args.train_utilisation if kind == "train" else args.infer_utilisation
+        one = [flops / (peak * share) / 3600 for peak in GPUS.values()]
+        speedup = args.gpus * args.scaling if kind == "train" else args.gpus
+        cells = [name, f"{flops / 1e15:,.0f}", f"{flops / rate / 3600:,.0f}" if flops else "-",
+                 *(f"{h:.1f}" if flops else "-" for h in one), *(f"{h / speedup:.2f}" if flops else "-" for h in one),
+                 f"{disk / 1e9:.1f} GB" if disk else "-", memory]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -32,9 +32,10 @@ test: $(STAMP)
 
 # profiles/slurm against a real one-node SLURM on this machine (tests/cluster/slurm.sh: Debian's slurmctld,
 # slurmd and munge, installed with apt-get when missing; needs root). Skips when they cannot be installed.
+# SIGINT on time-out: pytest then runs the fixture that stops the daemons it started.
 .PHONY: test-cluster
 test-cluster: $(STAMP)
-	PIPELINE_SLURM=1 timeout -k 60 2400 $(BIN)/python -m pytest -q -ra -s tests/cluster
+	PIPELINE_SLURM=1 timeout -s INT -k 120 3000 $(BIN)/python -m pytest -q -ra -s tests/cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache pipeline tests benchmarks

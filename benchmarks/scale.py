@@ -173,7 +173,7 @@ def run_size(size: int, args: argparse.Namespace, model: Path, vocab: np.ndarray
         "--collection", collection, "--index", bm25, "--threads", args.threads, "--max-heap", args.max_heap])
     record["stages"]["bm25_run"] = stage("bm25_run", "pipeline.sparse.search", [
         "--index", bm25, "--queries", topics, "--run", bm25_run, "--k1", 0.9, "--b", 0.4, "--hits", HITS,
-        "--threads", args.threads, "--latency-queries", LATENCY_QUERIES, "--tag", "bm25"])
+        "--threads", args.threads, "--latency-queries", LATENCY_QUERIES, "--tag", "bm25", "--max-heap", args.max_heap])
     record["index_bytes"] = (index / "index").stat().st_size
     record["run_lines"] = {"dense": count_lines(dense_run), "bm25": count_lines(bm25_run)}
     if record["run_lines"]["dense"] != args.queries * min(HITS, size):
@@ -212,8 +212,8 @@ def table(records: list[dict], args: argparse.Namespace) -> str:
         f"as float32 in the flat index: {per_size(lambda r: mb(r['size'] * args.dims * 4))} "
         f"(index file {per_size(lambda r: mb(r['index_bytes']))}).",
         f"- Peak RSS: ru_maxrss of the stage's own process ({rss_tool()}). It counts the file pages of the "
-        "memory-mapped shards build_index reads, and the in-process JVM of the BM25 stages: bm25_index runs with "
-        f"-Xmx{args.max_heap}, bm25_run with the JVM's default heap (its rule passes none), which it grows into.",
+        "memory-mapped shards build_index reads, and the in-process JVM of the BM25 stages, which both run with "
+        f"-Xmx{args.max_heap} (bm25.max_heap, as their rules pass it).",
     ]
     return "\n".join(lines) + "\n"
 

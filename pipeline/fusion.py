@@ -24,7 +24,7 @@ import pandas as pd
 
 from pipeline.cli import run_stage
 from pipeline.io import InputFormatError, Run, atomic_output, write_run
-from pipeline.timing import time_each
+from pipeline.timing import cpu_name, time_each
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def fuse_runs(sparse_path: Path, dense_path: Path, run_path: Path, alpha: float,
     for name, path in (("sparse", sparse_path), ("dense", dense_path)):
         latency_file = Path(path).with_suffix(".latency.json")
         stages[name] = json.loads(latency_file.read_text()).get("latency_ms_median") if latency_file.exists() else None
-    record = {"alpha": alpha, "queries": len(fused), "fusion_ms_median": timing["latency_ms_median"],
+    record = {"alpha": alpha, "queries": len(fused), "device": cpu_name(), "latency_threads": 1,
+              "latency_queries": timing["latency_queries"], "fusion_ms_median": timing["latency_ms_median"],
               "fusion_ms_p95": timing["latency_ms_p95"], "sparse_ms_median": stages["sparse"],
               "dense_ms_median": stages["dense"]}
     if None not in stages.values() and timing["latency_ms_median"] is not None:

@@ -96,7 +96,9 @@ def _json(path: Path) -> dict:
 
 
 def build_table2(spec: dict, results: Path) -> tuple[list[str], list[list[str]]]:
-    """Latency per query (median, p95 in ms) of every stage, as measured by the stages themselves."""
+    """Latency per query (median, p95 in ms) of every stage, as measured by the stages themselves, with
+    the device and threads each measured on, and the bytes per passage of the index it searches (the
+    paper's storage argument: one pooled vector against one vector per token)."""
     split, dense, sparse = spec["split"], spec["dense"], spec["sparse"]
     runs = Path(results) / "runs"
     queries = _json(Path(results) / "queries" / f"{dense}.{split}" / "manifest.json")
@@ -104,23 +106,35 @@ def build_table2(spec: dict, results: Path) -> tuple[list[str], list[list[str]]]
     sparse_run = _json(runs / f"{sparse}.{split}.latency.json")
     fusion = _json(runs / f"{dense}+{sparse}.{split}.latency.json")
     rerank = _json(runs / f"colbert-{sparse}.{split}.latency.json")
-    device = f"{queries.get('device', '?')}, {queries.get('threads', '?')} threads"
+    # (stage, median, p95, queries timed, device, threads, index bytes/passage, how)
     stages = [
-        ("query encoder (batch 1)", queries.get("latency_ms_median"), queries.get("latency_ms_p95"), device),
+        ("query encoder (batch 1)", queries.get("latency_ms_median"), queries.get("latency_ms_p95"),
+         queries.get("latency_queries"), queries.get("device"), queries.get("threads"), None, "torch"),
         (f"dense search ({dense_run.get('index', 'flat')}, k={dense_run.get('hits', '?')})",
-         dense_run.get("search_ms_median"), dense_run.get("search_ms_p95"),
-         f"faiss, {dense_run.get('threads')} threads"),
+         dense_run.get("search_ms_median"), dense_run.get("search_ms_p95"), dense_run.get("latency_queries"),
+         dense_run.get("device_name"), dense_run.get("threads"), dense_run.get("index_bytes_per_passage"), "faiss"),
         (f"sparse search ({sparse}, k={sparse_run.get('hits', '?')})", sparse_run.get("latency_ms_median"),
-         sparse_run.get("latency_ms_p95"), "Lucene, 1 thread"),
-        ("fusion (Eq. 7)", fusion.get("fusion_ms_median"), fusion.get("fusion_ms_p95"), "numpy"),
+         sparse_run.get("latency_ms_p95"), sparse_run.get("latency_queries"), sparse_run.get("device"),
+         sparse_run.get("latency_threads"), None, "Lucene (pyserini)"),
+        ("fusion (Eq. 7)", fusion.get("fusion_ms_median"), fusion.get("fusion_ms_p95"),
+         fusion.get("latency_queries"), fusion.get("device"), fusion.get("latency_threads"), None, "numpy"),
         (f"ColBERT re-rank (depth {rerank.get('depth', '?')})", rerank.get("rerank_ms_median"),
-         rerank.get("rerank_ms_p95"), device),
-        ("dense retrieval: encoder + search", dense_run.get("latency_ms_median"), None, "sum of medians"),
-        ("hybrid, as the paper: max(sparse, dense) + fusion", fusion.get("latency_ms_median"), None, "parallel"),
-        ("hybrid, measured sequentially", fusion.get("sequential_ms_median"), None, "sparse + dense + fusion"),
+         rerank.get("rerank_ms_p95"), rerank.get("latency_queries"), rerank.get("device"), rerank.get("threads"),
+         rerank.get("token_index_bytes_per_passage"), "MaxSim over stored token vectors"),
+        ("dense retrieval: encoder + search", dense_run.get("latency_ms_median"), None, None, None, None, None,
+         "sum of medians"),
+        ("hybrid, as the paper: max(sparse, dense) + fusion", fusion.get("latency_ms_median"), None, None, None,
+         None, None, "retrievers in parallel"),
+        ("hybrid, measured sequentially", fusion.get("sequential_ms_median"), None, None, None, None, None,
+         "sparse + dense + fusion"),
     ]
-    header = ["stage", "median_ms", "p95_ms", "how"]
-    return header, [[name, _fmt(median, 3), _fmt(p95, 3), how] for name, median, p95, how in stages]
+    header = ["stage", "median_ms", "p95_ms", "queries_timed", "device", "threads", "index_bytes_per_passage", "how"]
+    return header, [[name, _fmt(median, 3), _fmt(p95, 3), _count(timed), device or "", _count(threads),
+                     _fmt(size, 1), how] for name, median, p95, timed, device, threads, size, how in stages]
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def build_table3(spec: dict, results: Path) -> tuple[list[str], list[list[str]]]:
@@ -174,7 +188,9 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
     if spec.get("table2"):
         header, rows = build_table2(spec["table2"], results)
         _write(Path(out_dir) / "table2_latency.tsv", "Table 2 - latency per query", header, rows,
-               ["Medians and 95th percentiles over single queries, measured by each stage on its own machine."])
+               ["Medians and 95th percentiles over single queries (the first `queries_timed` of the split), "
+                "measured by each stage on the device named. index_bytes_per_passage: the pooled Faiss index "
+                "against ColBERT's token index."])
     if spec.get("table3"):
         header, rows = build_table3(spec["table3"], results)
         _write(Path(out_dir) / "table3_ablation.tsv", "Table 3 - distillation conditions", header, rows,

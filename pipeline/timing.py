@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU model, recorded beside every latency so that tables say what machine they describe."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
 
 
 def percentile(values: list[float], q: float) -> float:

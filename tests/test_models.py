@@ -68,6 +68,19 @@ def test_query_augmentation_and_prefix_tokens(bert_dir):
     assert words[:7] == ["[CLS]", "[", "q", "]", "a", "short", "query"] and set(words[7:]) == {"[MASK]"}
 
 
+@pytest.mark.parametrize("start", [0, 4])
+def test_student_pools_from_its_configured_start(bert_dir, tmp_path, start):
+    student = BiEncoder.from_backbone(str(bert_dir), Conventions(pool_start=start)).eval()
+    tokens = tokenize_passages(student.tokenizer, ["a long passage about rivers", "short"], student.conv)
+    with torch.no_grad():
+        pooled = student(tokens["input_ids"], tokens["attention_mask"])
+        hidden = student.bert(**tokens).last_hidden_state
+    for row, length in enumerate(tokens["attention_mask"].sum(1).tolist()):
+        assert torch.allclose(pooled[row], hidden[row, start:length].mean(0), atol=1e-6)
+    student.save(tmp_path / "student")
+    assert BiEncoder.load(tmp_path / "student").conv.pool_start == start  # the convention travels with the model
+
+
 def test_student_equals_pyserini_tct_colbert_encoders(bert_dir, tmp_path):
     student = BiEncoder.from_backbone(str(bert_dir)).eval()
     student.save(tmp_path / "student")

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.evaluate import evaluate_run
 from pipeline.io import write_qrels, write_run
-from pipeline.tables import build_table1, build_table3, build_table4, write_tables
+from pipeline.tables import build_table1, build_table2, build_table3, build_table4, write_tables
 
 SPEC = {
     "dataset": "toy",
@@ -99,3 +99,34 @@ def test_table4_strategies_cost_per_step_and_paired_test(tmp_path):
     assert table["Margin-MSE"]["dev/RR@10"] == "1.0000*" and table["Margin-MSE"]["s_per_step"] == "0.700"
     assert float(table["Margin-MSE"]["p vs base (dev/RR@10)"]) < 0.05
     assert table["Same"]["p vs base (dev/RR@10)"] == "1.0000" and table["Same"]["s_per_step"] == ""
+
+
+def test_table2_stages_devices_and_index_sizes(tmp_path):
+    runs, encoded = tmp_path / "runs", tmp_path / "queries" / "tct.dev"
+    runs.mkdir()
+    encoded.mkdir(parents=True)
+    (encoded / "manifest.json").write_text(json.dumps(
+        {"latency_ms_median": 3.0, "latency_ms_p95": 4.0, "latency_queries": 50, "device": "GPU X", "threads": 8}))
+    latencies = {
+        "tct": {"index": "flat", "hits": 1000, "search_ms_median": 10.0, "search_ms_p95": 12.5, "latency_queries": 50,
+                "device_name": "GPU X", "threads": 8, "index_bytes_per_passage": 1536.0, "latency_ms_median": 13.0},
+        "bm25": {"hits": 1000, "latency_ms_median": 20.0, "latency_ms_p95": 30.0, "latency_queries": 50,
+                 "device": "CPU Y", "latency_threads": 1},
+        "tct+bm25": {"fusion_ms_median": 0.5, "fusion_ms_p95": 0.75, "latency_queries": 50, "device": "CPU Y",
+                     "latency_threads": 1, "latency_ms_median": 20.5, "sequential_ms_median": 33.5},
+        "colbert-bm25": {"depth": 100, "rerank_ms_median": 40.0, "rerank_ms_p95": 45.0, "latency_queries": 50,
+                         "device": "GPU X", "threads": 8, "token_index_bytes_per_passage": 20480.0},
+    }
+    for run, record in latencies.items():
+        (runs / f"{run}.dev.latency.json").write_text(json.dumps(record))
+    header, rows = build_table2({"split": "dev", "dense": "tct", "sparse": "bm25"}, tmp_path)
+    table = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert table["query encoder (batch 1)"] == {
+        "stage": "query encoder (batch 1)", "median_ms": "3.000", "p95_ms": "4.000", "queries_timed": "50",
+        "device": "GPU X", "threads": "8", "index_bytes_per_passage": "", "how": "torch"}
+    assert table["dense search (flat, k=1000)"]["index_bytes_per_passage"] == "1536.0"
+    assert table["sparse search (bm25, k=1000)"]["threads"] == "1"
+    assert table["fusion (Eq. 7)"]["p95_ms"] == "0.750"
+    assert table["ColBERT re-rank (depth 100)"]["index_bytes_per_passage"] == "20480.0"
+    assert table["hybrid, as the paper: max(sparse, dense) + fusion"]["median_ms"] == "20.500"
+    assert table["hybrid, measured sequentially"]["median_ms"] == "33.500"

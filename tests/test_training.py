@@ -1,4 +1,5 @@
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -67,6 +68,31 @@ def test_student_loss_falls_and_teacher_stays_frozen(setup, monkeypatch):
     teacher_bert, student_bert = weights(root / "teacher"), weights(root / "student")
     assert set(teacher_bert) == set(student_bert)
     assert any(not torch.equal(teacher_bert[k], student_bert[k]) for k in teacher_bert)
+
+
+@pytest.mark.parametrize("init", ["teacher", "backbone"])
+def test_student_starts_from_the_chosen_weights(setup, init):
+    """With a zero learning rate the saved student is its initialisation: the teacher's BERT or the backbone."""
+    root, data = setup
+    cfg = LoopConfig(steps=2, batch_size=8, lr=0.0, warmup_steps=0, checkpoint_every=100)
+    train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / f"init_{init}",
+                  root / f"ck_init_{init}", root / f"init_{init}.csv", cfg, init=init, backbone=str(root / "bert"))
+    source = weights(root / ("teacher" if init == "teacher" else "bert"))
+    student = weights(root / f"init_{init}")
+    shared = [k for k in student if k in source]
+    assert len(shared) >= len(student) - 1  # a pooler the backbone saves and the student may not use
+    assert all(torch.equal(student[k], source[k]) for k in shared)
+    other = weights(root / ("bert" if init == "teacher" else "teacher"))
+    assert any(not torch.equal(student[k], other[k]) for k in shared if k in other)
+
+
+def test_bf16_autocast_training_runs_and_logs_finite_losses(setup):
+    root, data = setup
+    cfg = LoopConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=1, checkpoint_every=100, bf16=True)
+    train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / "bf16",
+                  root / "ck_bf16", root / "bf16.csv", cfg)
+    curve = losses(root / "bf16.csv")
+    assert len(curve) == 4 and all(math.isfinite(value) for value in curve)
 
 
 def student_command(root: Path, data: dict, name: str, steps: int, *extra: str) -> list[str]:

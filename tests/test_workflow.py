@@ -83,6 +83,29 @@ def test_doc2query_sources_choose_their_rules(workdir):
     assert missing.returncode != 0 and "set doc2query.source" in missing.stdout + missing.stderr
 
 
+def test_published_checkpoint_rows_train_nothing(workdir):
+    """A config whose dense rows name a published checkpoint schedules no training at all."""
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["student"]["variants"] = {}
+    config["dense"]["published"] = {"tct_published": "castorini/tct_colbert-msmarco"}
+    config["table1"]["rows"] = [{"name": "BM25", "run": "bm25"}, {"name": "TCT-ColBERT (published)",
+                                                                  "run": "tct_published"},
+                                {"name": "TCT-ColBERT (published) + BM25", "run": "tct_published+bm25"}]
+    config["fusion"]["alpha"] = {"bm25": 0.12, "d2q": 0.22}
+    config["doc2query"]["source"] = "none"
+    config["bm25"]["runs"] = {"bm25": config["bm25"]["runs"]["bm25"]}
+    for table in ("table2", "table3", "table4"):
+        del config[table]  # their schema default: empty, no table
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    stats = result.stdout.split("Job stats:")[-1]
+    for rule in ("encode_corpus", "build_index", "dense_run", "fuse", "tables"):
+        assert rule in stats
+    for rule in ("train_teacher", "train_student", "tune_alpha", "encode_tokens"):
+        assert rule not in stats
+
+
 def test_lint_is_clean(workdir):
     result = snakemake(workdir, "--lint", "--configfile", "config.yaml")
     assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr, result.stdout

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU and CUDA)")
+    parser.add_argument("--bf16", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     manifest = encode_corpus(args.model, args.collection, args.out, args.shard, args.shards, args.dtype,

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.cli import run_stage
-from pipeline.dense.runtime import model_fingerprint
+from pipeline.dense.runtime import device_name, model_fingerprint
 from pipeline.io import InputFormatError, atomic_output, read_ids, read_manifest, read_queries, read_run, write_run
 from pipeline.models.backbone import tokenize_queries
 from pipeline.models.colbert import ColBERT, maxsim
@@ -96,7 +96,9 @@ def colbert_rerank(model: str, token_dirs: list[Path], queries_path: Path, candi
     write_run(run_path, ranked, tag)
     first_latency_path = Path(candidates).with_suffix(".latency.json")
     first = json.loads(first_latency_path.read_text()).get("latency_ms_median") if first_latency_path.exists() else None
-    record = {"queries": len(queries), "depth": depth, "rerank_ms_median": timing["latency_ms_median"],
+    record = {"queries": len(queries), "depth": depth, "device": device_name(device),
+              "threads": torch.get_num_threads(), "latency_queries": timing["latency_queries"],
+              "rerank_ms_median": timing["latency_ms_median"],
               "rerank_ms_p95": timing["latency_ms_p95"], "first_stage_ms_median": first,
               "latency_ms_median": (round(first + timing["latency_ms_median"], 3)
                                     if first is not None and timing["latency_ms_median"] is not None else None),

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 
 from pipeline.cli import run_stage
+from pipeline.dense.runtime import device_name
 from pipeline.io import MANIFEST_FILE, InputFormatError, atomic_output, open_shard, read_manifest, write_run
 from pipeline.timing import time_each
 
@@ -194,8 +196,11 @@ def dense_search(index_dir: Path, queries_dir: Path, run_path: Path, hits: int =
               for qid, row_scores, row_ids in zip(qids, scores, rows, strict=True)}
     write_run(run_path, ranked, tag)
     search = time_each(range(min(latency_queries, len(qids))), lambda row: searcher.search(vectors[row:row + 1], k))
+    torch_device = torch.device("cuda" if searcher.device == "gpu" else "cpu")
     timing = {"queries": len(qids), "threads": threads, "hits": hits, "index": index_manifest["kind"],
-              "device": searcher.device, "fp16": fp16 and searcher.device == "gpu",
+              "device": searcher.device, "device_name": device_name(torch_device),
+              "fp16": fp16 and searcher.device == "gpu", "latency_queries": search["latency_queries"],
+              "index_bytes_per_passage": index_manifest.get("bytes_per_passage"),
               "search_shards": len(searcher.bounds),
               "batch_seconds": round(batch_seconds, 3), "search_ms_median": search["latency_ms_median"],
               "search_ms_p95": search["latency_ms_p95"], "encoder_ms_median": query_manifest.get("latency_ms_median")}

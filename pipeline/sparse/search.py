@@ -18,7 +18,7 @@ from pipeline.cli import run_stage
 from pipeline.io import atomic_output, read_queries, write_run
 from pipeline.sparse.index import lucene_dir
 from pipeline.sparse.jvm import import_pyserini, start_jvm
-from pipeline.timing import time_each
+from pipeline.timing import cpu_name, time_each
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def bm25_search(index_dir: Path, queries_path: Path, run_path: Path, *, k1: floa
     batch_seconds = time.perf_counter() - started
     write_run(run_path, ranked, tag)
 
-    timing = {"queries": len(qids), "threads": threads, "hits": hits, "batch_seconds": round(batch_seconds, 3),
+    timing = {"queries": len(qids), "threads": threads, "hits": hits, "device": cpu_name(), "latency_threads": 1,
+              "batch_seconds": round(batch_seconds, 3),
               "batch_ms_per_query": round(1000 * batch_seconds / max(len(qids), 1), 3),
               **time_each(qids[:latency_queries], lambda qid: searcher.search(queries[qid], k=hits))}
     with atomic_output(latency_path(run_path)) as out:

@@ -232,6 +232,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
                                 required=field.default is MISSING)
     parser.add_argument("--max-query-length", type=int, default=36, help="query tokens incl. the 4-token prefix")
     parser.add_argument("--max-doc-length", type=int, default=154, help="passage tokens incl. the 4-token prefix")
+    parser.add_argument("--pool-start", type=int, default=4, help="first pooled position (4: after the prefix)")
 
 
 def loop_config(args: argparse.Namespace) -> LoopConfig:

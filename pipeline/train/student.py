@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.generated_ratio > 0 and not args.generated:
         parser.error("--generated-ratio needs --generated prediction files")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    conv = Conventions(query_length=args.max_query_length, doc_length=args.max_doc_length)
+    conv = Conventions(query_length=args.max_query_length, doc_length=args.max_doc_length,
+                       pool_start=args.pool_start)
     train_student(args.teacher, args.triples, args.queries, args.collection, args.out, args.checkpoints,
                   args.losses, loop_config(args), args.condition, args.gamma, args.teacher_tau, args.student_tau,
                   args.init, args.backbone, args.gather, conv, teacher_scores=args.teacher_scores,

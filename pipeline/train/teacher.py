@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inbatch", action="store_true", help="in-batch negatives in the teacher loss")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    conv = Conventions(query_length=args.max_query_length, doc_length=args.max_doc_length)
+    conv = Conventions(query_length=args.max_query_length, doc_length=args.max_doc_length,
+                       pool_start=args.pool_start)
     train_teacher(args.backbone, args.triples, args.queries, args.collection, args.out, args.checkpoints,
                   args.losses, loop_config(args), conv, dim=args.dim, bias=args.bias,
                   normalize_queries=not args.unnormalized_queries, inbatch=args.inbatch)

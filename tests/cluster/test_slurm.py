@@ -46,7 +46,7 @@ def run(command: list[str], seconds: int, cwd: Path | None = None) -> subprocess
                           capture_output=True, timeout=seconds + 60)
 
 
-def snakemake(workdir: Path, *args: str, seconds: int = 1800) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, seconds: int = 900) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "snakemake", *args], seconds, cwd=workdir)
 
 
@@ -59,7 +59,7 @@ def slurm():
     """A running SLURM for the module; its daemons are stopped afterwards, whatever happened."""
     started = time.monotonic()
     try:
-        result = run(["bash", str(SLURM_SH), "start"], 900)
+        result = run(["bash", str(SLURM_SH), "start"], 600)
         if result.returncode == SKIP_CODE:
             pytest.skip(f"no SLURM on this machine: {result.stderr.strip()[-600:]}")
         assert result.returncode == 0, f"slurm.sh start failed ({result.returncode}):\n{output(result)[-3000:]}"
@@ -185,7 +185,7 @@ def test_small_demo_dag_on_slurm_matches_the_local_run(slurm, tmp_path):
     profile = profile_for_this_cluster(cluster, listed.stdout.split())
     started = time.monotonic()
     result = snakemake(cluster, "--profile", str(profile.relative_to(cluster)), *small_demo(cluster), "--verbose",
-                       *FAST_STATUS, seconds=3600)
+                       *FAST_STATUS, seconds=1500)
     cluster_seconds = time.monotonic() - started
     log = output(result)
     (tmp_path / "cluster.log").write_text(log)

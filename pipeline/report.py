@@ -66,9 +66,12 @@ def _latency_figure(table2: Path):
         return None
     frame = pd.read_csv(table2, sep="\t").dropna(subset=["median_ms"])
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.barh(frame["stage"], frame["median_ms"], xerr=None, color="#4c72b0")
+    ax.barh(frame["stage"], frame["median_ms"], color="#4c72b0", label="median")
+    timed = frame.dropna(subset=["p95_ms"])
+    ax.scatter(timed["p95_ms"], timed["stage"], marker="|", s=200, color="black", label="95th percentile")
     ax.invert_yaxis()
-    ax.set(xlabel="ms per query (median)", title="Latency per stage")
+    ax.set(xlabel="ms per query", title="Latency per stage")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -118,7 +121,8 @@ def build_report(results: Path, tables: Path, out: Path, scatter: tuple[str, str
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
-        (figures_dir / f"{name}.png").write_bytes(buffer.getvalue())
+        with atomic_output(figures_dir / f"{name}.png", "wb") as png:
+            png.write(buffer.getvalue())
         written.append(figures_dir / f"{name}.png")
         encoded = base64.b64encode(buffer.getvalue()).decode()
         parts += [f"<h2>{name.replace('_', ' ').capitalize()}</h2>",

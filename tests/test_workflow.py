@@ -145,6 +145,13 @@ def test_small_demo_dag_end_to_end(workdir):
     compared = (workdir / "results" / "synthetic" / "indexes" / "tct_inbatch.dev.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in compared[1:]] == ["flat", "hnsw", "ivfpq"]
     assert "Approximate indexes against flat search" in (workdir / "results" / "report.html").read_text()
+    table2 = (workdir / "results" / "table2_latency.tsv").read_text().splitlines()
+    assert len(table2) == 9 and all(float(line.split("\t")[1]) > 0 for line in table2[1:])
+    table3 = [line.split("\t") for line in (workdir / "results" / "table3_ablation.tsv").read_text().splitlines()]
+    assert [row[0] for row in table3[1:]] == ["none", "triplet", "inbatch"]
+    assert all(0.0 <= float(cell) <= 1.0 for row in table3[1:] for cell in row[2:])
+    figures = {path.name for path in (workdir / "results" / "figures").glob("*.png")}
+    assert figures == {"training_losses.png", "alpha_curves.png", "latency.png", "per_query.png"}
     # A second run has nothing to do: every output is complete and up to date.
     again = snakemake(workdir, "--profile", "profiles/demo", "--configfile", "config.yaml",
                       "profiles/demo/workflow.yaml", small, "-n")

@@ -218,8 +218,17 @@ def doc2query_predictions():
     return []
 
 
-def doc2query_parts():
-    return [a for part in D2Q["download"]["parts"] for a in ("--part", part["name"], part["md5"] or "none")]
+def doc2query_download_command():
+    """Module and options fetching the configured release: the md5-verified zip or the Hugging Face jsonl parts."""
+    download = D2Q["download"]
+    if download["release"] == "zip":
+        # Only the samples the expansion appends are converted (at least one: every passage gets a record).
+        args = ["pipeline.doc2query.release", "--md5", download["md5"], "--samples", max(D2Q["n_queries"], 1)]
+        args += [a for url in download["urls"] for a in ("--url", url)]
+    else:
+        args = ["pipeline.doc2query.predictions", "--base-url", download["base_url"]]
+        args += [a for part in download["parts"] for a in ("--part", part["name"], part["md5"] or "none")]
+    return [str(a) for a in args]
 
 
 def doc2query_model(wildcards):

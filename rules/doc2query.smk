@@ -1,5 +1,6 @@
 # doc2query-T5 expansion (config doc2query.source):
-#   download: castorini's published predictions -> expand_collection
+#   download: castorini's published predictions (doc2query.download.release: the md5-verified zip, or the
+#             Hugging Face jsonl) -> expand_collection
 #   generate: generate_doc2query (scatter over shards, a seq2seq checkpoint) -> expand_collection
 #   train:    train_doc2query -> generate_doc2query -> expand_collection
 # The expanded collection is indexed and searched by bm25_index / bm25_run (a bm25.runs entry names it).
@@ -14,8 +15,7 @@ rule doc2query_download:
         f"{BENCH}/doc2query_download.tsv"
     params:
         download_dir=f"{DATASET['download_dir']}/doc2query",
-        base_url=config["doc2query"]["download"]["base_url"],
-        parts=doc2query_parts(),
+        command=doc2query_download_command(),
     threads: 1
     resources:
         mem_mb=rule_resource("doc2query_download", "mem_mb", 2000),
@@ -23,8 +23,7 @@ rule doc2query_download:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.doc2query.predictions --download-dir {params.download_dir} --base-url {params.base_url:q}"
-        " {params.parts:q} --out {output} > {log} 2>&1"
+        "python -m {params.command:q} --download-dir {params.download_dir} --out {output} > {log} 2>&1"
 
 
 rule train_doc2query:
@@ -96,6 +95,8 @@ rule expand_collection:
     params:
         n_queries=config["doc2query"]["n_queries"],
         unknown=config["doc2query"]["unknown"],
+        # The published releases cover every MS MARCO passage: a passage without predictions is a mismatch.
+        missing="error" if config["doc2query"]["source"] == "download" else "keep",
     threads: 1
     resources:
         mem_mb=rule_resource("expand_collection", "mem_mb", 8000),
@@ -104,5 +105,5 @@ rule expand_collection:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline.doc2query.expand --collection {input.collection} --predictions {input.predictions}"
-        " --out {output.collection} --n-queries {params.n_queries} --unknown {params.unknown}"
+        " --out {output.collection} --n-queries {params.n_queries} --unknown {params.unknown} --missing {params.missing}"
         " --counts {output.counts} > {log} 2>&1"

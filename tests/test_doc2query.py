@@ -1,6 +1,4 @@
 import csv
-import gzip
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,14 +10,12 @@ from pipeline.doc2query import generate as generate_module
 from pipeline.doc2query.expand import expand_collection
 from pipeline.doc2query.generate import generate_queries, shard_path
 from pipeline.doc2query.model import ScratchT5, encode_sources, load_seq2seq, scratch_t5
-from pipeline.doc2query.predictions import fetch_predictions, read_predictions
+from pipeline.doc2query.predictions import read_predictions
 from pipeline.doc2query.train import main as train_main
 from pipeline.doc2query.train import read_pairs, train_doc2query
-from pipeline.download import ChecksumError
 from pipeline.io import InputFormatError, clean_text, read_collection, read_run, write_id_text
 from pipeline.models.backbone import PACKAGED_MINILM, resolve_backbone
 from pipeline.train.loop import LoopConfig
-from tests.http_fixture import serve
 
 TINY = ScratchT5(d_model=32, encoder_layers=1, decoder_layers=1, heads=2, d_ff=64, dropout=0.0)
 PASSAGES = {"p0": "the old water mill on the river grinds grain", "p1": "energy prices rise as energy demand grows",
@@ -48,47 +44,7 @@ def collection(tmp_path) -> Path:
     return tmp_path / "collection.tsv"
 
 
-# -- the official format, downloaded --------------------------------------------------------------
-
-def test_parts_are_downloaded_verified_and_merged_in_order(tmp_path):
-    www = tmp_path / "www"
-    (www / "sub").mkdir(parents=True)
-    first = gzip.compress(b'{"id": 0, "predicted_queries": ["a b", "c"]}\n'
-                          + jsonl([("1", ["d\u00e9j\u00e0 vu"])]).encode())
-    (www / "part0.jsonl.gz").write_bytes(first)
-    (www / "sub" / "part1.jsonl.gz").write_bytes(gzip.compress(jsonl([("2", [])]).encode()))
-    with serve(www) as (url, _):
-        count = fetch_predictions([("part0.jsonl.gz", hashlib.md5(first).hexdigest()), ("sub/part1.jsonl.gz", None)],
-                                  tmp_path / "downloads", tmp_path / "predictions.jsonl", base_url=url, progress=False)
-    assert count == 3
-    # Normalised: string ids, one compact record per line, text kept as UTF-8.
-    assert (tmp_path / "predictions.jsonl").read_text(encoding="utf-8") == jsonl(
-        [("0", ["a b", "c"]), ("1", ["d\u00e9j\u00e0 vu"]), ("2", [])], ensure_ascii=False)
-    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["part0.jsonl.gz", "part1.jsonl.gz"]
-
-
-def test_corrupt_part_is_refused_by_checksum(tmp_path):
-    www = tmp_path / "www"
-    www.mkdir()
-    good = gzip.compress(jsonl([("0", ["q"])]).encode())
-    (www / "d2q.jsonl.gz").write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
-    with serve(www) as (url, _), pytest.raises(ChecksumError, match="md5 mismatch"):
-        fetch_predictions([("d2q.jsonl.gz", hashlib.md5(good).hexdigest())], tmp_path / "dl",
-                          tmp_path / "predictions.jsonl", base_url=url, progress=False)
-    assert not (tmp_path / "predictions.jsonl").exists()
-    assert not list((tmp_path / "dl").iterdir())
-
-
-def test_truncated_unverified_part_stops_with_the_file(tmp_path):
-    www = tmp_path / "www"
-    www.mkdir()
-    whole = gzip.compress(jsonl([(str(i), ["some query"] * 20) for i in range(50)]).encode())
-    (www / "d2q.jsonl.gz").write_bytes(whole[: len(whole) // 2])
-    with serve(www) as (url, _), pytest.raises(InputFormatError, match=r"d2q.jsonl.gz.*complete gzip stream"):
-        fetch_predictions([("d2q.jsonl.gz", None)], tmp_path / "dl", tmp_path / "out.jsonl", base_url=url,
-                          progress=False)
-    assert not (tmp_path / "out.jsonl").exists()
-
+# -- the official format (its downloads: tests/test_doc2query_release.py) -------------------------
 
 @pytest.mark.realdata
 def test_the_real_sample_reads():

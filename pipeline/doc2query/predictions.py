@@ -1,8 +1,10 @@
-"""doc2query predictions: the docTTTTTquery JSON-lines format, and the official release fetched.
+"""doc2query predictions: the docTTTTTquery JSON-lines format, and castorini's Hugging Face release fetched.
 
-One passage per line, `{"id": "<pid>", "predicted_queries": ["q1", "q2", ...]}`: castorini's release
-for MS MARCO v1 passage (80 top-k sampled queries per passage, in collection order) and what
-`pipeline.doc2query.generate` writes. Plain and gzipped (.gz) files are read alike.
+One passage per line, `{"id": "<pid>", "predicted_queries": ["q1", "q2", ...]}`: castorini's Hugging
+Face release for MS MARCO v1 passage (80 top-k sampled queries per passage, in collection order),
+what `pipeline.doc2query.generate` writes, and what `pipeline.doc2query.release` makes of the
+original md5-verified zip (the pipeline's default; this unverified download is
+`doc2query.download.release: jsonl`). Plain and gzipped (.gz) files are read alike.
 
     python -m pipeline.doc2query.predictions --download-dir resources/downloads/doc2query \
         --out resources/msmarco-passage/doc2query/predictions.jsonl

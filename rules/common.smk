@@ -156,7 +156,9 @@ def flag_arguments(settings):
 
 def loop_arguments(stage):
     """The training-loop options of `stage` (teacher or student) as command-line arguments."""
-    args = ["--max-query-length", config["model"]["query_length"], "--max-doc-length", config["model"]["doc_length"]]
+    model = config["model"]
+    args = ["--max-query-length", model["query_length"], "--max-doc-length", model["doc_length"],
+            "--pool-start", model["pool_start"]]
     return [str(a) for a in args] + flag_arguments(config[stage]["train"])
 
 
@@ -333,7 +335,14 @@ def training_curves():
     if "train" not in DATASET["splits"]:
         return []
     extra = ["doc2query"] if D2Q["source"] == "train" else []
-    return [f"{OUT}/training/{name}.losses.csv" for name in ["teacher", *VARIANTS, *extra]]
+    return [f"{OUT}/training/{name}.losses.csv" for name in [*teacher_if_used(), *VARIANTS, *extra]]
+
+
+def teacher_if_used():
+    """["teacher"] when something needs it (students, ColBERT re-ranking rows, Table 2's re-rank); a config of
+    published checkpoints alone trains nothing."""
+    reranks = any(row["run"].startswith("colbert-") for row in config["table1"]["rows"]) or config["table2"]
+    return ["teacher"] if VARIANTS or reranks else []
 
 
 def all_targets():

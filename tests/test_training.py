@@ -169,6 +169,31 @@ def test_two_process_torchrun_matches_single_process_accumulation(tmp_path):
     assert len(losses(tmp_path / "gathered.csv")) == 3
 
 
+def test_killed_two_process_run_resumes_every_rank_where_it_stopped(setup, tmp_path):
+    """With dropout each rank draws its own masks: a SIGKILLed torchrun run, resumed, ends with the weights
+    and losses of an uninterrupted one only if every rank gets its own random state back."""
+    root, data = setup  # the teacher's BERT has dropout 0.1
+    (tmp_path / "teacher").symlink_to(root / "teacher")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    steps, every = "80", "10"
+    subprocess.run([*torchrun, *student_command(tmp_path, data, "whole", int(steps), "--checkpoint-every", every)],
+                   check=True, env=env, capture_output=True, timeout=600, cwd=root)
+    command = [*torchrun, *student_command(tmp_path, data, "killed", int(steps), "--checkpoint-every", every)]
+    victim = subprocess.Popen(command, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "ck_killed").glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)  # torchrun and both ranks
+    victim.wait()
+    assert not (tmp_path / "killed").exists(), "the run finished before it could be killed"
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=600, cwd=root)
+    whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "killed")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert losses(tmp_path / "whole.csv") == losses(tmp_path / "killed.csv")
+
+
 def test_teacher_score_file_is_parsed_and_bad_lines_are_named(setup, tmp_path):
     _, data = setup
     triples = [line.split("\t") for line in data["triples"].read_text().splitlines()]

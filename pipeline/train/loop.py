@@ -164,21 +164,35 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor], b
                 csv.writer(out).writerow([step + 1, f"{total.item():.6f}", f"{scheduler.get_last_lr()[0]:.3e}",
                                           f"{grad_norm.item():.4f}", f"{time.perf_counter() - tick:.3f}"])
             bar.set_postfix(loss=f"{total.item():.4f}")
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, step + 1, identity),
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            rng = _rng_states(ctx)  # collective: every rank hands in its generators
+            if ctx.main:
+                _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, step + 1, identity, rng),
                                  cfg.keep_checkpoints)
         if ctx.world > 1:
             dist.barrier()
-    if ctx.main and cfg.steps > start:
-        _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, cfg.steps, identity),
-                         cfg.keep_checkpoints)
+    if cfg.steps > start:
+        rng = _rng_states(ctx)
+        if ctx.main:
+            _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, cfg.steps, identity, rng),
+                             cfg.keep_checkpoints)
 
 
-def _state(model, optimizer, scheduler, step: int, identity: str) -> dict:
+def _rng_states(ctx: Context) -> list[dict]:
+    """Every rank's random generators, by rank: each rank draws its own dropout masks, so a resumed
+    multi-process run must give each rank back its own state to continue as if never stopped."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    if ctx.world == 1:
+        return [state]
+    states: list = [None] * ctx.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _state(model, optimizer, scheduler, step: int, identity: str, rng: list[dict]) -> dict:
     return {"step": step, "identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+            "scheduler": scheduler.state_dict(), "rng": rng}
 
 
 def _resume(model, optimizer, scheduler, checkpoint_dir: Path, identity: str, ctx: Context) -> int:
@@ -192,11 +206,18 @@ def _resume(model, optimizer, scheduler, checkpoint_dir: Path, identity: str, ct
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"].cpu())
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    np.random.set_state(state["numpy_rng"])
-    random.setstate(state["python_rng"])
+    if "rng" not in state:
+        raise ValueError(f"{existing[-1]} was written by an earlier version of this pipeline (no per-rank random "
+                         f"state); move {checkpoint_dir} away to start afresh")
+    if len(state["rng"]) != ctx.world:
+        raise ValueError(f"{existing[-1]} was written by {len(state['rng'])} process(es), this run has {ctx.world}: "
+                         f"resume with the same number of GPUs, or move {checkpoint_dir} away to start afresh")
+    rng = state["rng"][ctx.rank]
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([generator.cpu() for generator in rng["cuda"]])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
     if ctx.main:
         log.info("resumed from %s (step %d)", existing[-1], state["step"])
     return state["step"]

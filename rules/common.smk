@@ -164,8 +164,13 @@ def loop_arguments(stage):
 
 def launcher(stage):
     """python, or torchrun with one process per GPU when the stage is given several."""
-    gpus = config[stage]["gpus"]
+    gpus = training_gpus(stage)
     return "python" if gpus == 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {gpus}"
+
+
+def training_gpus(stage):
+    """GPUs of a training rule: teacher.gpus, student.gpus, or doc2query.train.gpus."""
+    return D2Q["train"]["gpus"] if stage == "doc2query" else config[stage]["gpus"]
 
 
 def teacher_options():

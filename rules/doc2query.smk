@@ -41,15 +41,16 @@ rule train_doc2query:
     params:
         checkpoints=f"{RES}/checkpoints/doc2query",
         options=doc2query_train_options(),
+        launcher=launcher("doc2query"),
     threads: 4
     resources:
-        gpu=1,
+        gpu=training_gpus("doc2query"),
         mem_mb=rule_resource("train_doc2query", "mem_mb", 32000),
         runtime=rule_resource("train_doc2query", "runtime", 720),
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.doc2query.train --collection {input.collection} --queries {input.queries}"
+        "{params.launcher} -m pipeline.doc2query.train --collection {input.collection} --queries {input.queries}"
         " --qrels {input.qrels} --out {output.model} --checkpoints {params.checkpoints} --losses {output.losses}"
         " {params.options:q} > {log} 2>&1"
 

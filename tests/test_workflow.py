@@ -83,6 +83,17 @@ def test_doc2query_sources_choose_their_rules(workdir):
     assert missing.returncode != 0 and "set doc2query.source" in missing.stdout + missing.stderr
 
 
+def test_training_rules_with_several_gpus_start_torchrun(workdir):
+    settings = {"teacher": {"gpus": 2}, "student": {"gpus": 4},
+                "doc2query": {"source": "train", "train": {"gpus": 2}}}
+    result = snakemake(workdir, "-n", "-p", "--configfile", "config.yaml", overlay(workdir, settings))
+    assert result.returncode == 0, result.stderr
+    torchrun = "python -m torch.distributed.run --standalone --nproc_per_node"
+    for stage, gpus in (("pipeline.train.teacher", 2), ("pipeline.train.student", 4), ("pipeline.doc2query.train", 2)):
+        assert f"{torchrun} {gpus} -m {stage}" in result.stdout, stage
+    assert "gpu=4" in result.stdout and "gpu=2" in result.stdout  # each job asks for its GPUs
+
+
 def test_published_checkpoint_rows_train_nothing(workdir):
     """A config whose dense rows name a published checkpoint schedules no training at all."""
     config = yaml.safe_load((workdir / "config.yaml").read_text())

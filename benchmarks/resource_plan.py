@@ -6,7 +6,8 @@ initialised bert-base encoder (the FLOP count below, divided by the measured sec
 the count describes the work). Stated: FLOP counts (2 x non-embedding parameters per token forward,
 3x that for forward + backward), the paper's step counts and batch sizes (config.yaml), GPU peaks from
 the vendors' datasheets (A100 312, H100 SXM 989 dense bf16 TFLOP/s) and the utilisation assumed for
-each kind of work. Prints the Markdown table the README's resource plan shows.
+each kind of work. BM25 (CPU) is projected from this machine's scale run (benchmarks/scale.json) in
+proportion to the bytes of real MS MARCO text. Prints the Markdown table the README's resource plan shows.
 
     python benchmarks/resource_plan.py [--gpus 8] [--train-utilisation 0.4] [--infer-utilisation 0.4]
 """
@@ -14,6 +15,7 @@ each kind of work. Prints the Markdown table the README's resource plan shows.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -41,6 +43,37 @@ def measured_lengths(tokenizer) -> tuple[float, float]:
         return 80.0, 36.0  # typical MS MARCO figures when the real data is absent
     texts = [text for _, (_, text) in zip(range(5000), read_collection(collection), strict=False)]
     return mean_tokens(tokenizer, texts, 154), 36.0
+
+
+def passage_bytes() -> float:
+    """Mean bytes per line of the real MS MARCO collection file (pid, tab, text, newline)."""
+    collection = SHARED / "msmarco-dl-mini" / "collection.tsv"
+    if not collection.exists():
+        return 335.0  # 2.96 GB / 8.84M lines, the official collection.tsv
+    sizes = [len(line) for _, line in zip(range(20000), collection.open("rb"), strict=False)]
+    return sum(sizes) / len(sizes)
+
+
+def measured_bm25(line_bytes: float) -> list[tuple[str, float, str]]:
+    """BM25 index and search at MS MARCO's size, projected from benchmarks/scale.json (this machine's
+    measured wall time on its largest collection) in proportion to the bytes of text indexed or searched."""
+    scale = Path(__file__).with_name("scale.json")
+    if not scale.exists():
+        return []
+    record = json.loads(scale.read_text())
+    largest = max(record["sizes"], key=lambda size: size["size"])
+    threads = int(record["settings"]["threads"])
+    factor = PASSAGES * line_bytes / largest["collection_bytes"]
+    index, search = largest["stages"]["bm25_index"], largest["stages"]["bm25_run"]
+    queries = int(record["settings"]["queries"])
+    return [
+        ("bm25_index (Lucene, 8.8M passages)", index["seconds"] * factor * threads / 3600,
+         f"{threads} threads measured at {largest['size']:,} passages"),
+        ("bm25_run, dev (6,980 queries, 1000 hits)",
+         search["seconds"] * factor * DEV_QUERIES / queries * threads / 3600,
+         f"posting lists grow with the collection: {search['seconds']:.0f} s for {queries:,} queries at "
+         f"{largest['size']:,} passages"),
+    ]
 
 
 def cpu_flop_rate(tokens: int, batch: int = 16) -> tuple[float, int]:
@@ -105,6 +138,9 @@ def main() -> None:
         cells = [name, f"{flops / 1e15:,.0f}", f"{flops / rate / 3600:,.0f}" if flops else "-",
                  *(f"{h:.1f}" if flops else "-" for h in one), *(f"{h / speedup:.2f}" if flops else "-" for h in one),
                  f"{disk / 1e9:.1f} GB" if disk else "-", memory]
+        print("| " + " | ".join(cells) + " |")
+    for name, core_hours, how in measured_bm25(passage_bytes()):
+        cells = [name, "-", f"{core_hours:.1f} core-h", *("-" for _ in GPUS), *("-" for _ in GPUS), "-", how]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -95,6 +95,11 @@ def non_embedding_parameters(model: BertModel) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embeddings"))
 
 
+def hours(value: float) -> str:
+    """Two significant figures, so that minutes-long stages do not print as 0."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, default=8, help="GPUs of the SLURM column")
@@ -127,7 +132,7 @@ def main() -> None:
           f"{rate / 1e9:.0f} GFLOP/s (bf16 autocast, {torch.get_num_threads()} threads).")
     print(f"Assumed: training at {args.train_utilisation:.0%} and batch inference at {args.infer_utilisation:.0%} of "
           f"the bf16 peak; {args.gpus} GPUs scale training at {args.scaling:.0%} efficiency.\n")
-    header = ["stage", "PFLOP", "this CPU (h)", *(f"1x {g} (h)" for g in GPUS),
+    header = ["stage", "TFLOP", "this CPU (h)", *(f"1x {g} (h)" for g in GPUS),
               *(f"{args.gpus}x {g} wall (h)" for g in GPUS), "disk", "memory"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -135,8 +140,8 @@ def main() -> None:
         share = args.train_utilisation if kind == "train" else args.infer_utilisation
         one = [flops / (peak * share) / 3600 for peak in GPUS.values()]
         speedup = args.gpus * args.scaling if kind == "train" else args.gpus
-        cells = [name, f"{flops / 1e15:,.0f}", f"{flops / rate / 3600:,.0f}" if flops else "-",
-                 *(f"{h:.1f}" if flops else "-" for h in one), *(f"{h / speedup:.2f}" if flops else "-" for h in one),
+        cells = [name, f"{flops / 1e12:,.0f}", hours(flops / rate / 3600) if flops else "-",
+                 *(hours(h) if flops else "-" for h in one), *(hours(h / speedup) if flops else "-" for h in one),
                  f"{disk / 1e9:.1f} GB" if disk else "-", memory]
         print("| " + " | ".join(cells) + " |")
     for name, core_hours, how in measured_bm25(passage_bytes()):

@@ -7,8 +7,11 @@ Per query the candidates are the union of both runs; a passage missing from one 
 run's minimum score for the query (0 when the query has no hits there, as pyserini does);
 score = alpha * sparse + dense, with no normalisation by default. pyserini's options are kept:
 min-max centring (`normalization`) and alpha on the dense side (`weight_on_dense`). Equal scores
-are ordered by docid, descending, the order trec_eval itself uses. The runs are laid out once as
-(queries x candidates) matrices, so fusing, or sweeping alpha, is a few array operations.
+are ordered by docid, descending, the order trec_eval itself uses.
+
+Both runs are read once into arrays over one sorted docid vocabulary, so a docid is an integer
+whose order is the docids' string order. Fusing is then a handful of row-wise array operations on a
+(queries x candidates) grid: sort each row's docids to find the union, fill, add, sort by score.
 """
 
 from __future__ import annotations
@@ -23,73 +26,144 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import run_stage
-from pipeline.io import InputFormatError, Run, atomic_output, write_run
+from pipeline.io import InputFormatError, Run, atomic_output
 from pipeline.timing import cpu_name, time_each
 
 log = logging.getLogger(__name__)
+PADDING = np.iinfo(np.int64).max  # a docid code above every real one: padding sorts last
+
+
+@dataclass
+class RunArrays:
+    """A run as arrays: query i's hits are entries offsets[i]:offsets[i + 1] of `docids` and `scores`;
+    docids are codes into a sorted vocabulary shared with the run it is fused with."""
+
+    qids: np.ndarray  # (Q,) object
+    offsets: np.ndarray  # (Q + 1,) int64
+    docids: np.ndarray  # (N,) int64
+    scores: np.ndarray  # (N,) float64
+
+    def query(self, row: int) -> RunArrays:
+        """Query `row` alone: the two hit lists a served system fuses per request."""
+        lo, hi = self.offsets[row], self.offsets[row + 1]
+        return RunArrays(self.qids[row:row + 1], np.array([0, hi - lo]), self.docids[lo:hi], self.scores[lo:hi])
+
+
+class RepeatedDocid(ValueError):
+    """A run lists a docid twice for one query (side 0: sparse, 1: dense)."""
+
+    def __init__(self, side: int, docid: str, qid: str):
+        self.side = side
+        super().__init__(f"the {('sparse', 'dense')[side]} run lists docid {docid} twice for query {qid}")
 
 
 @dataclass
 class Candidates:
-    """Both runs on a common (query, candidate) grid; padding cells are invalid."""
+    """Both runs on a common (query, candidate) grid: each row's docid codes ascend; `valid` marks one cell
+    per distinct docid (padding and a docid's second copy are not valid)."""
 
     qids: list[str]
-    docids: np.ndarray  # (Q, C) object: docid strings ("" in padding)
-    order: np.ndarray  # (Q, C) int: rank of the docid in sorted order of all docids (tie-breaking)
+    codes: np.ndarray  # (Q, C) int64
     sparse: np.ndarray  # (Q, C) float64, missing filled per Eq. 7
     dense: np.ndarray
     valid: np.ndarray  # (Q, C) bool
-
-
-def run_frame(run: Run) -> pd.DataFrame:
-    """A run as columns qid, docid, score."""
-    rows = [(qid, docid, score) for qid, hits in run.items() for docid, score in hits.items()]
-    return pd.DataFrame(rows, columns=["qid", "docid", "score"]).astype({"qid": str, "docid": str, "score": float})
+    vocabulary: np.ndarray  # sorted docids: codes index it
 
 
 def read_run_frame(path: Path) -> pd.DataFrame:
-    """A TREC run file straight into columns (C parser; same checks on shape as pipeline.io.read_run)."""
+    """A TREC run file straight into columns qid, docid, score (C parser)."""
     frame = pd.read_csv(path, sep=r"\s+", header=None, names=["qid", "q0", "docid", "rank", "score", "tag"],
                         dtype={"qid": str, "docid": str}, engine="c")
     if frame[["qid", "docid", "score"]].isna().any().any():
         raise InputFormatError(path, None, "6 fields 'qid Q0 docid rank score tag' on every line")
-    if frame.duplicated(["qid", "docid"]).any():
-        raise InputFormatError(path, None, "each docid once per query")
     return frame[["qid", "docid", "score"]].astype({"score": float})
 
 
-def align(sparse: pd.DataFrame, dense: pd.DataFrame, normalization: bool = False) -> Candidates:
+def run_frame(run: Run) -> pd.DataFrame:
+    """A {qid: {docid: score}} run as columns qid, docid, score."""
+    rows = [(qid, docid, score) for qid, hits in run.items() for docid, score in hits.items()]
+    return pd.DataFrame(rows, columns=["qid", "docid", "score"]).astype({"qid": str, "docid": str, "score": float})
+
+
+def encode_runs(sparse: pd.DataFrame, dense: pd.DataFrame) -> tuple[RunArrays, RunArrays, np.ndarray]:
+    """Both runs as RunArrays over their shared, sorted docid vocabulary (queries in order of appearance)."""
+    docids = [frame["docid"].to_numpy().astype(str) for frame in (sparse, dense)]
+    vocabulary, codes = np.unique(np.concatenate(docids), return_inverse=True)
+    runs = []
+    for frame, run_codes in zip((sparse, dense), np.split(codes.astype(np.int64), [len(sparse)]), strict=True):
+        query_codes, qids = pd.factorize(frame["qid"].to_numpy())
+        scores = frame["score"].to_numpy(dtype=np.float64)
+        if np.any(query_codes[1:] < query_codes[:-1]):  # a query's hits not contiguous: group them, stably
+            order = np.argsort(query_codes, kind="stable")
+            query_codes, run_codes, scores = query_codes[order], run_codes[order], scores[order]
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(query_codes, minlength=len(qids)))])
+        runs.append(RunArrays(np.asarray(qids, dtype=object), offsets, run_codes, scores))
+    return runs[0], runs[1], vocabulary
+
+
+def docid_codes(vocabulary: np.ndarray, docids: list[str]) -> np.ndarray:
+    """Codes of those `docids` the vocabulary holds (the others are in neither run)."""
+    wanted = np.array(docids, dtype=str)
+    positions = np.searchsorted(vocabulary, wanted)
+    found = positions < len(vocabulary)
+    found[found] = vocabulary[positions[found]] == wanted[found]
+    return positions[found]
+
+
+def align(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, normalization: bool = False) -> Candidates:
     """Lay out the union of candidates of every query, missing scores filled with the run's minimum."""
-    merged = sparse.merge(dense, on=["qid", "docid"], how="outer", suffixes=("_sparse", "_dense"), sort=False)
-    qids = list(dict.fromkeys([*sparse["qid"], *dense["qid"]]))
-    rows = merged["qid"].map({q: i for i, q in enumerate(qids)}).to_numpy(dtype=np.int64)
-    cols = merged.groupby(rows).cumcount().to_numpy(dtype=np.int64)
-    width = int(cols.max()) + 1 if len(cols) else 0
-    valid = np.zeros((len(qids), width), dtype=bool)
-    valid[rows, cols] = True
-    docids = np.full((len(qids), width), "", dtype=object)
-    docids[rows, cols] = merged["docid"].to_numpy()
+    qids = list(dict.fromkeys([*sparse.qids, *dense.qids]))
+    row_of = {qid: row for row, qid in enumerate(qids)}
+    widths = [int(np.diff(run.offsets).max(initial=0)) for run in (sparse, dense)]
+    width = sum(widths)
+    # Each cell holds (docid code << bits) | its column: sorting a row by value brings both copies of a docid
+    # together and still says where each came from (value sorts are much faster than argsorts).
+    bits = max(width - 1, 1).bit_length()
+    keys = np.full((len(qids), width), PADDING, dtype=np.int64)
+    values = np.zeros(keys.size)
+    # A query with no hits on a side: pyserini takes 0 as its minimum and 1 as its maximum.
+    lowest, highest = np.zeros((2, len(qids), 1)), np.ones((2, len(qids), 1))
+    for side, (run, first_column) in enumerate(((sparse, 0), (dense, widths[0]))):
+        rows = np.array([row_of[qid] for qid in run.qids], dtype=np.int64)
+        lengths = np.diff(run.offsets)
+        columns = first_column + np.arange(len(run.docids)) - np.repeat(run.offsets[:-1], lengths)
+        cells = np.repeat(rows, lengths) * width + columns
+        keys.reshape(-1)[cells] = (run.docids << bits) | columns
+        values[cells] = run.scores
+        hit = lengths > 0
+        if hit.any():
+            lowest[side, rows[hit], 0] = np.minimum.reduceat(run.scores, run.offsets[:-1][hit])
+            highest[side, rows[hit], 0] = np.maximum.reduceat(run.scores, run.offsets[:-1][hit])
+    keys.sort(axis=1)
+    real = keys != PADDING
+    columns = np.minimum(keys & ((1 << bits) - 1), width - 1)  # padding's bits are all ones: keep it in the row
+    values = values[np.arange(len(qids))[:, None] * width + columns]
+    from_dense = columns >= widths[0]
+    codes = keys >> bits
+    # A docid in both runs stands in two neighbouring cells; the first of them holds the union's entry.
+    repeats = (codes[:, 1:] == codes[:, :-1]) & real[:, 1:]  # cell j + 1 repeats cell j
+    within_one_run = repeats & (from_dense[:, 1:] == from_dense[:, :-1])
+    within_one_run[:, 1:] |= repeats[:, 1:] & repeats[:, :-1]  # three cells alike
+    if within_one_run.any():
+        row, column = np.argwhere(within_one_run)[0]
+        raise RepeatedDocid(int(from_dense[row, column + 1]), str(vocabulary[codes[row, column]]), qids[row])
+    valid = real.copy()
+    valid[:, 1:] &= ~repeats
     matrices = []
-    for side, frame in (("sparse", sparse), ("dense", dense)):
-        stats = frame.groupby("qid")["score"].agg(["min", "max"])
-        # A query with no hits on this side: pyserini takes 0 as its minimum and 1 as its maximum.
-        lowest = merged["qid"].map(stats["min"]).fillna(0.0).to_numpy()
-        highest = merged["qid"].map(stats["max"]).fillna(1.0).to_numpy()
-        values = merged[f"score_{side}"].fillna(pd.Series(lowest, index=merged.index)).to_numpy()
+    for side, on_side in ((0, ~from_dense), (1, from_dense)):
+        low, high = lowest[side], highest[side]
+        matrix = np.where(on_side, values, low)
+        # the other side's copy, in the next cell, gives this side's score to a cell of the other side
+        np.copyto(matrix[:, :-1], values[:, 1:], where=repeats & ~on_side[:, :-1])
         if normalization:
-            spread = highest - lowest
-            values = (values - (lowest + highest) / 2) / np.where(spread == 0, 1.0, spread)
-        matrix = np.zeros((len(qids), width))
-        matrix[rows, cols] = values
+            spread = high - low
+            matrix = (matrix - (low + high) / 2) / np.where(spread == 0, 1.0, spread)
         matrices.append(matrix)
-    codes = np.zeros((len(qids), width), dtype=np.int64)
-    if len(merged):
-        codes[rows, cols] = np.unique(merged["docid"].to_numpy().astype(str), return_inverse=True)[1]
-    return Candidates(qids, docids, codes, matrices[0], matrices[1], valid)
+    return Candidates(qids, codes, matrices[0], matrices[1], valid, vocabulary)
 
 
 def combine(candidates: Candidates, alpha: float, weight_on_dense: bool = False) -> np.ndarray:
-    """Fused scores (Q, C); -inf in padding."""
+    """Fused scores (Q, C); -inf outside the valid cells."""
     if weight_on_dense:
         scores = candidates.sparse + alpha * candidates.dense
     else:
@@ -97,45 +171,88 @@ def combine(candidates: Candidates, alpha: float, weight_on_dense: bool = False)
     return np.where(candidates.valid, scores, -np.inf)
 
 
-def ranking(candidates: Candidates, scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of each row's top k: by score, then docid descending."""
-    return np.lexsort((-candidates.order, -scores), axis=-1)[:, :k]
+def ranking(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's top k: by score, then docid descending (codes ascend along a row).
+
+    One value sort of int64 keys does it: the float's bits made order-preserving, inverted (descending),
+    their lowest `bits` replaced by the inverted column. Scores closer than those bits can tell apart
+    (about 1e-12 relative) are checked for, and such rows sorted exactly (stable, by score alone).
+    """
+    width = scores.shape[1]
+    bits = max(width - 1, 1).bit_length()
+    low = (1 << bits) - 1
+    raw = scores.view(np.int64)
+    ordered = raw ^ ((raw >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))  # integer order = float order
+    keys = np.sort((~ordered & ~low) | (width - 1 - np.arange(width)), axis=1)[:, :k + 1]
+    top = width - 1 - (keys & low)
+    ranked = np.take_along_axis(scores, top, axis=1)
+    before, after = ranked[:, :-1], ranked[:, 1:]
+    wrong = np.isfinite(after) & ((before < after) | ((before == after) & (top[:, :-1] < top[:, 1:])))
+    top = top[:, :k]
+    rows = wrong.any(axis=1)
+    if rows.any():
+        top[rows] = width - 1 - np.argsort(-scores[rows][:, ::-1], axis=1, kind="stable")[:, :k]
+    return top
+
+
+def fuse_arrays(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alpha: float, k: int = 1000,
+                normalization: bool = False, weight_on_dense: bool = False) -> RunArrays:
+    """Eq. 7 for every query: the fused top k in rank order, as RunArrays over the same vocabulary."""
+    candidates = align(sparse, dense, vocabulary, normalization)
+    scores = combine(candidates, alpha, weight_on_dense)
+    top = ranking(scores, k)
+    kept = np.take_along_axis(candidates.valid, top, axis=1)  # valid cells rank first in every row
+    return RunArrays(np.asarray(candidates.qids, dtype=object), np.concatenate([[0], np.cumsum(kept.sum(axis=1))]),
+                     np.take_along_axis(candidates.codes, top, axis=1)[kept],
+                     np.take_along_axis(scores, top, axis=1)[kept])
 
 
 def fuse(sparse: Run | pd.DataFrame, dense: Run | pd.DataFrame, alpha: float, k: int = 1000,
          normalization: bool = False, weight_on_dense: bool = False) -> dict[str, list[tuple[str, float]]]:
-    """Eq. 7 for every query; {qid: [(docid, score), ...]} in rank order, at most k each."""
-    sparse = sparse if isinstance(sparse, pd.DataFrame) else run_frame(sparse)
-    dense = dense if isinstance(dense, pd.DataFrame) else run_frame(dense)
-    candidates = align(sparse, dense, normalization)
-    if not candidates.qids:
-        return {}
-    scores = combine(candidates, alpha, weight_on_dense)
-    top = ranking(candidates, scores, k)
-    kept = np.take_along_axis(candidates.valid, top, axis=1)
-    ranked_ids = np.take_along_axis(candidates.docids, top, axis=1)
-    ranked_scores = np.take_along_axis(scores, top, axis=1)
-    return {qid: list(zip(ranked_ids[row][kept[row]], ranked_scores[row][kept[row]].tolist(), strict=True))
-            for row, qid in enumerate(candidates.qids)}
+    """Eq. 7 for runs in memory; {qid: [(docid, score), ...]} in rank order, at most k each."""
+    frames = [run if isinstance(run, pd.DataFrame) else run_frame(run) for run in (sparse, dense)]
+    sparse_arrays, dense_arrays, vocabulary = encode_runs(*frames)
+    fused = fuse_arrays(sparse_arrays, dense_arrays, vocabulary, alpha, k, normalization, weight_on_dense)
+    return {qid: list(zip(vocabulary[fused.docids[lo:hi]].tolist(), fused.scores[lo:hi].tolist(), strict=True))
+            for qid, lo, hi in zip(fused.qids, fused.offsets[:-1], fused.offsets[1:], strict=True)}
+
+
+def write_run_arrays(path: Path, run: RunArrays, vocabulary: np.ndarray, tag: str) -> None:
+    """A TREC run file, written in one go (same format as pipeline.io.write_run), atomically."""
+    lengths = np.diff(run.offsets)
+    ranks = np.arange(len(run.docids)) - np.repeat(run.offsets[:-1], lengths) + 1
+    frame = pd.DataFrame({"qid": np.repeat(run.qids, lengths), "q0": "Q0", "docid": vocabulary[run.docids],
+                          "rank": ranks, "score": run.scores, "tag": tag})
+    with atomic_output(path) as out:
+        frame.to_csv(out, sep=" ", header=False, index=False, float_format="%.6f", lineterminator="\n")
 
 
 def fuse_runs(sparse_path: Path, dense_path: Path, run_path: Path, alpha: float, k: int = 1000,
               normalization: bool = False, weight_on_dense: bool = False, latency_queries: int = 200,
               tag: str = "hybrid") -> dict:
     """Fuse two run files into a third; beside it, the fusion latency and the hybrid's latency."""
-    sparse, dense = read_run_frame(sparse_path), read_run_frame(dense_path)
-    fused = fuse(sparse, dense, alpha, k, normalization, weight_on_dense)
-    write_run(run_path, fused, tag)
+    sparse, dense, vocabulary = encode_runs(read_run_frame(sparse_path), read_run_frame(dense_path))
+    try:
+        fused = fuse_arrays(sparse, dense, vocabulary, alpha, k, normalization, weight_on_dense)
+    except RepeatedDocid as err:
+        path = (sparse_path, dense_path)[err.side]
+        raise InputFormatError(path, None, "each docid once per query", str(err)) from None
+    write_run_arrays(run_path, fused, vocabulary, tag)
     # Latency per query as a served system sees it: one query's two hit lists at a time.
-    by_query = {side: dict(tuple(frame.groupby("qid"))) for side, frame in (("sparse", sparse), ("dense", dense))}
-    empty = sparse.iloc[:0]
-    timing = time_each(list(fused)[:latency_queries], lambda q: fuse(
-        by_query["sparse"].get(q, empty), by_query["dense"].get(q, empty), alpha, k, normalization, weight_on_dense))
+    rows = [{qid: row for row, qid in enumerate(run.qids)} for run in (sparse, dense)]
+    empty = RunArrays(np.array([], dtype=object), np.zeros(1, dtype=np.int64), np.array([], dtype=np.int64),
+                      np.array([]))
+
+    def fuse_one(qid: str) -> RunArrays:
+        sides = [run.query(row[qid]) if qid in row else empty for run, row in zip((sparse, dense), rows, strict=True)]
+        return fuse_arrays(*sides, vocabulary, alpha, k, normalization, weight_on_dense)
+
+    timing = time_each(fused.qids[:latency_queries].tolist(), fuse_one)
     stages = {}
     for name, path in (("sparse", sparse_path), ("dense", dense_path)):
         latency_file = Path(path).with_suffix(".latency.json")
         stages[name] = json.loads(latency_file.read_text()).get("latency_ms_median") if latency_file.exists() else None
-    record = {"alpha": alpha, "queries": len(fused), "device": cpu_name(), "latency_threads": 1,
+    record = {"alpha": alpha, "queries": len(fused.qids), "device": cpu_name(), "latency_threads": 1,
               "latency_queries": timing["latency_queries"], "fusion_ms_median": timing["latency_ms_median"],
               "fusion_ms_p95": timing["latency_ms_p95"], "sparse_ms_median": stages["sparse"],
               "dense_ms_median": stages["dense"]}

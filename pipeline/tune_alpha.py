@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import run_stage
-from pipeline.fusion import align, combine, read_run_frame
+from pipeline.fusion import align, combine, docid_codes, encode_runs, read_run_frame
 from pipeline.io import atomic_output, read_qrels
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def reciprocal_ranks(candidates, scores: np.ndarray, relevant: tuple[np.ndarray,
     if len(rows):
         row_scores = scores[rows]
         own = scores[rows, cols][:, None]
-        later_docid = candidates.order[rows] > candidates.order[rows, cols][:, None]
+        later_docid = candidates.codes[rows] > candidates.codes[rows, cols][:, None]
         ahead = (row_scores > own) | ((row_scores == own) & later_docid)
         np.minimum.at(best, rows, 1 + ahead.sum(axis=1))
     return np.where(best <= cutoff, 1.0 / best, 0.0)
@@ -45,12 +45,12 @@ def tune_alpha(sparse_path: Path, dense_path: Path, qrels_path: Path, curve_path
                normalization: bool = False, weight_on_dense: bool = False) -> dict:
     """Sweep alpha over [start, stop] by `step`; write the curve and the chosen alpha; return the choice."""
     qrels = read_qrels(qrels_path)
-    candidates = align(read_run_frame(sparse_path), read_run_frame(dense_path), normalization)
-    judged = {q: {d for d, rel in docs.items() if rel > 0} for q, docs in qrels.items()}
+    candidates = align(*encode_runs(read_run_frame(sparse_path), read_run_frame(dense_path)), normalization)
     mask = np.zeros_like(candidates.valid)
     for row, qid in enumerate(candidates.qids):
-        if judged.get(qid):
-            mask[row] = np.isin(candidates.docids[row], list(judged[qid])) & candidates.valid[row]
+        codes = docid_codes(candidates.vocabulary, [d for d, rel in qrels.get(qid, {}).items() if rel > 0])
+        if len(codes):  # judged relevant passages that either run retrieved
+            mask[row] = np.isin(candidates.codes[row], codes) & candidates.valid[row]
     relevant = np.nonzero(mask)
     in_qrels = np.array([qid in qrels for qid in candidates.qids])
     alphas = np.round(np.arange(start, stop + step / 2, step), 10)

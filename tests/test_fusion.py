@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from pipeline.fusion import fuse, fuse_runs
-from pipeline.io import read_run, write_run
+from pipeline.fusion import encode_runs, fuse, fuse_arrays, fuse_runs, run_frame
+from pipeline.io import InputFormatError, read_run, write_run
 from pipeline.sparse.jvm import import_pyserini
 from tests.conftest import shared_data
 
@@ -56,6 +56,41 @@ def test_ties_are_broken_by_docid_descending_and_k_truncates():
     assert [d for d, _ in fuse(sparse, dense, 1.0, k=2)["q"]] == ["c", "b"]
 
 
+def test_ties_follow_string_order_of_numeric_docids():
+    # trec_eval compares docids as strings: "9" > "5" > "10" > "1".
+    assert [d for d, _ in fuse({"q": {"1": 2.0, "10": 2.0, "9": 2.0}}, {"q": {"5": 0.0}}, 1.0)["q"]] == \
+        ["9", "5", "10", "1"]  # all four score 2.0 (missing scores take the run minimum)
+
+
+def test_interleaved_queries_and_repeated_docids():
+    sparse = run_frame({"q1": {"a": 3.0, "b": 2.0}, "q2": {"a": 1.0, "c": 0.5}})
+    interleaved = sparse.iloc[[0, 2, 1, 3]]  # q1, q2, q1, q2: hits of a query need not be contiguous
+    dense = run_frame({"q2": {"c": 0.9}, "q1": {"b": 0.4}})
+    assert fuse(interleaved, dense, 0.5) == fuse(sparse, dense, 0.5)
+    repeated = run_frame({"q1": {"a": 3.0, "b": 2.0}}).iloc[[0, 1, 0]]
+    with pytest.raises(ValueError, match="the sparse run lists docid a twice for query q1"):
+        fuse(repeated, dense, 0.5)
+    with pytest.raises(ValueError, match="the dense run lists docid a twice for query q1"):
+        fuse(dense, repeated, 0.5)
+
+
+def test_one_query_at_a_time_equals_all_at_once():
+    """fuse_runs times queries one by one (a served system's view) on RunArrays.query slices: they give the
+    lists the batch gives."""
+    rng = random.Random(3)
+    docs = [f"d{i}" for i in range(40)]
+    sparse = {f"q{q}": {d: round(rng.uniform(0, 9), 1) for d in rng.sample(docs, 15)} for q in range(12)}
+    dense = {f"q{q}": {d: round(rng.uniform(60, 70), 1) for d in rng.sample(docs, 15)} for q in range(12)}
+    sparse_arrays, dense_arrays, vocabulary = encode_runs(run_frame(sparse), run_frame(dense))
+    together = fuse_arrays(sparse_arrays, dense_arrays, vocabulary, 0.3, k=20)
+    for row, qid in enumerate(together.qids):
+        alone = fuse_arrays(sparse_arrays.query(list(sparse_arrays.qids).index(qid)),
+                            dense_arrays.query(list(dense_arrays.qids).index(qid)), vocabulary, 0.3, k=20)
+        lo, hi = together.offsets[row], together.offsets[row + 1]
+        assert alone.qids.tolist() == [qid] and alone.docids.tolist() == together.docids[lo:hi].tolist()
+        assert alone.scores.tolist() == together.scores[lo:hi].tolist()
+
+
 def test_empty_lists_and_options():
     assert fuse({}, {}, 0.5) == {}
     rng = random.Random(7)
@@ -83,12 +118,21 @@ def test_identical_to_pyserini_hybrid_on_real_peer_runs(tmp_path):
             assert [h.score for h in theirs] == pytest.approx([s for _, s in ours[qid]], abs=1e-9)
 
 
+def test_fuse_runs_names_the_file_with_a_repeated_docid(tmp_path):
+    write_run(tmp_path / "s.trec", {"q": [("a", 3.0), ("b", 1.0)]}, "s")
+    (tmp_path / "d.trec").write_text("q Q0 b 1 0.5 d\nq Q0 c 2 0.4 d\nq Q0 b 3 0.3 d\n")
+    with pytest.raises(InputFormatError, match=r"d\.trec: expected each docid once per query .*docid b twice"):
+        fuse_runs(tmp_path / "s.trec", tmp_path / "d.trec", tmp_path / "h.trec", 0.1)
+    assert not (tmp_path / "h.trec").exists()
+
+
 def test_fuse_runs_writes_run_and_latency(tmp_path):
     write_run(tmp_path / "s.trec", {"q": [("a", 3.0), ("b", 1.0)]}, "s")
     write_run(tmp_path / "d.trec", {"q": [("b", 0.5), ("c", 0.4)]}, "d")
     (tmp_path / "s.latency.json").write_text(json.dumps({"latency_ms_median": 5.0}))
     (tmp_path / "d.latency.json").write_text(json.dumps({"latency_ms_median": 3.0}))
     record = fuse_runs(tmp_path / "s.trec", tmp_path / "d.trec", tmp_path / "h.trec", 0.1)
-    assert list(read_run(tmp_path / "h.trec")["q"]) == ["a", "b", "c"]  # 0.7, 0.6, 0.5
+    assert (tmp_path / "h.trec").read_text() == "q Q0 a 1 0.700000 hybrid\nq Q0 b 2 0.600000 hybrid\n" \
+                                                "q Q0 c 3 0.500000 hybrid\n"  # the format of pipeline.io.write_run
     assert record["latency_ms_median"] == pytest.approx(5.0 + record["fusion_ms_median"], abs=1e-3)
     assert record["sequential_ms_median"] == pytest.approx(8.0 + record["fusion_ms_median"], abs=1e-3)

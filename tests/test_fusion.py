@@ -33,8 +33,9 @@ def check(sparse, dense, alpha, **options):
     ours = fuse(sparse, dense, alpha, **options)
     for qid in set(sparse) | set(dense):
         expected = reference(sparse.get(qid, {}), dense.get(qid, {}), alpha, **options)
-        assert [d for d, _ in ours[qid]] == [d for d, _ in expected], qid
-        assert [s for _, s in ours[qid]] == pytest.approx([s for _, s in expected], abs=1e-9)
+        fused = ours.get(qid, [])  # a query without any hit has no line in a run
+        assert [d for d, _ in fused] == [d for d, _ in expected], qid
+        assert [s for _, s in fused] == pytest.approx([s for _, s in expected], abs=1e-9)
 
 
 def test_missing_from_either_side_both_and_single_run_queries():
@@ -60,6 +61,20 @@ def test_ties_follow_string_order_of_numeric_docids():
     # trec_eval compares docids as strings: "9" > "5" > "10" > "1".
     assert [d for d, _ in fuse({"q": {"1": 2.0, "10": 2.0, "9": 2.0}}, {"q": {"5": 0.0}}, 1.0)["q"]] == \
         ["9", "5", "10", "1"]  # all four score 2.0 (missing scores take the run minimum)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_heavy_ties_mixed_docids_and_cut_offs(seed):
+    """Scores from a handful of values, docids of mixed length and kind: the order and the top-k cut are
+    the reference's (score, then docid descending as strings)."""
+    rng = random.Random(seed)
+    docs = [str(i) for i in range(0, 120, 7)] + [f"d{i}" for i in range(25)] + ["D", "doc-Ω"]
+    sparse = {f"q{q}": {d: float(rng.choice([0, 1, 2])) for d in rng.sample(docs, rng.randint(0, 20))}
+              for q in range(15)}
+    dense = {f"q{q}": {d: rng.choice([-1.0, 0.0, 0.5]) for d in rng.sample(docs, rng.randint(1, 20))}
+             for q in range(5, 20)}
+    for k in (1, 5, 1000):
+        check(sparse, dense, rng.choice([0.0, 0.5, 1.0]), k=k)
 
 
 def test_interleaved_queries_and_repeated_docids():

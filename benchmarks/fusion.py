@@ -14,12 +14,14 @@ import argparse
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.fusion import encode_runs, fuse_arrays, fuse_runs, read_run_frame
+from pipeline.fusion import fuse_arrays, fuse_runs
 from pipeline.io import write_qrels, write_run
+from pipeline.run_arrays import encode_runs, read_run_frame
 from pipeline.sparse.jvm import import_pyserini
 from pipeline.tune_alpha import tune_alpha
 
@@ -33,6 +35,16 @@ def synthetic_runs(n_queries: int, depth: int, seed: int = 0) -> tuple[dict, dic
         dense[str(q)] = dict(zip(docs[depth // 2:depth // 2 + depth], np.sort(rng.normal(70, 3, depth))[::-1]
                                  .round(5).tolist(), strict=True))
     return sparse, dense
+
+
+def best_of(repeats: int, work: Callable):
+    """The fastest of `repeats` runs in ms, and the result."""
+    timings = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        result = work()
+        timings.append(1000 * (time.perf_counter() - tick))
+    return min(timings), result
 
 
 def main() -> None:
@@ -49,16 +61,15 @@ def main() -> None:
     # Each side gets the parsed runs in its own form, untimed: our readers' arrays, pyserini's hit objects.
     sparse_arrays, dense_arrays, vocabulary = encode_runs(read_run_frame(work / "sparse.trec"),
                                                           read_run_frame(work / "dense.trec"))
-    tick = time.perf_counter()
-    ours = fuse_arrays(sparse_arrays, dense_arrays, vocabulary, 0.1, k=1000)
-    ours_ms = 1000 * (time.perf_counter() - tick) / args.queries
+    ours_ms, ours = best_of(3, lambda: fuse_arrays(sparse_arrays, dense_arrays, vocabulary, 0.1, k=1000))
+    ours_ms /= args.queries
     hybrid = import_pyserini("pyserini.search.hybrid")
     hit = import_pyserini("pyserini.search.faiss").DenseSearchResult
     as_hits = {q: ([hit(d, s) for d, s in dense[q].items()], [hit(d, s) for d, s in sparse[q].items()])
                for q in sparse}
-    tick = time.perf_counter()
-    theirs = {q: hybrid.HybridSearcher._hybrid_results(d, s, 0.1, 1000) for q, (d, s) in as_hits.items()}
-    theirs_ms = 1000 * (time.perf_counter() - tick) / args.queries
+    theirs_ms, theirs = best_of(3, lambda: {q: hybrid.HybridSearcher._hybrid_results(d, s, 0.1, 1000)
+                                            for q, (d, s) in as_hits.items()})
+    theirs_ms /= args.queries
     same = all(np.allclose(ours.scores[ours.offsets[row]:ours.offsets[row + 1]], [h.score for h in theirs[qid]])
                for row, qid in enumerate(ours.qids[:200]))
     # The whole stage: read both files, fuse, write the run, then one query at a time for the latency.
@@ -79,7 +90,7 @@ def main() -> None:
 
     print(f"\n{args.queries} queries x two {args.depth}-deep runs; ranked scores equal pyserini's on 200 queries: "
           f"{same}\n")
-    print("| fusion (Eq. 7) | ms/query | speed-up vs pyserini |")
+    print("| fusion (Eq. 7), fastest of 3 | ms/query | speed-up vs pyserini |")
     print("|---|---|---|")
     print(f"| ours: fuse_arrays, all queries at once | {ours_ms:.4f} | {theirs_ms / ours_ms:.1f}x |")
     print(f"| pyserini HybridSearcher._hybrid_results, per query | {theirs_ms:.4f} | 1.0x |")

@@ -27,26 +27,12 @@ import pandas as pd
 
 from pipeline.cli import run_stage
 from pipeline.io import InputFormatError, Run, atomic_output
+from pipeline.run_arrays import RunArrays, encode_runs, read_run_frame, run_frame, write_run_arrays
 from pipeline.timing import cpu_name, time_each
 
 log = logging.getLogger(__name__)
 PADDING = np.iinfo(np.int64).max  # a docid code above every real one: padding sorts last
-
-
-@dataclass
-class RunArrays:
-    """A run as arrays: query i's hits are entries offsets[i]:offsets[i + 1] of `docids` and `scores`;
-    docids are codes into a sorted vocabulary shared with the run it is fused with."""
-
-    qids: np.ndarray  # (Q,) object
-    offsets: np.ndarray  # (Q + 1,) int64
-    docids: np.ndarray  # (N,) int64
-    scores: np.ndarray  # (N,) float64
-
-    def query(self, row: int) -> RunArrays:
-        """Query `row` alone: the two hit lists a served system fuses per request."""
-        lo, hi = self.offsets[row], self.offsets[row + 1]
-        return RunArrays(self.qids[row:row + 1], np.array([0, hi - lo]), self.docids[lo:hi], self.scores[lo:hi])
+BLOCK = 32  # queries fused together
 
 
 class RepeatedDocid(ValueError):
@@ -70,46 +56,6 @@ class Candidates:
     vocabulary: np.ndarray  # sorted docids: codes index it
 
 
-def read_run_frame(path: Path) -> pd.DataFrame:
-    """A TREC run file straight into columns qid, docid, score (C parser)."""
-    frame = pd.read_csv(path, sep=r"\s+", header=None, names=["qid", "q0", "docid", "rank", "score", "tag"],
-                        dtype={"qid": str, "docid": str}, engine="c")
-    if frame[["qid", "docid", "score"]].isna().any().any():
-        raise InputFormatError(path, None, "6 fields 'qid Q0 docid rank score tag' on every line")
-    return frame[["qid", "docid", "score"]].astype({"score": float})
-
-
-def run_frame(run: Run) -> pd.DataFrame:
-    """A {qid: {docid: score}} run as columns qid, docid, score."""
-    rows = [(qid, docid, score) for qid, hits in run.items() for docid, score in hits.items()]
-    return pd.DataFrame(rows, columns=["qid", "docid", "score"]).astype({"qid": str, "docid": str, "score": float})
-
-
-def encode_runs(sparse: pd.DataFrame, dense: pd.DataFrame) -> tuple[RunArrays, RunArrays, np.ndarray]:
-    """Both runs as RunArrays over their shared, sorted docid vocabulary (queries in order of appearance)."""
-    docids = [frame["docid"].to_numpy().astype(str) for frame in (sparse, dense)]
-    vocabulary, codes = np.unique(np.concatenate(docids), return_inverse=True)
-    runs = []
-    for frame, run_codes in zip((sparse, dense), np.split(codes.astype(np.int64), [len(sparse)]), strict=True):
-        query_codes, qids = pd.factorize(frame["qid"].to_numpy())
-        scores = frame["score"].to_numpy(dtype=np.float64)
-        if np.any(query_codes[1:] < query_codes[:-1]):  # a query's hits not contiguous: group them, stably
-            order = np.argsort(query_codes, kind="stable")
-            query_codes, run_codes, scores = query_codes[order], run_codes[order], scores[order]
-        offsets = np.concatenate([[0], np.cumsum(np.bincount(query_codes, minlength=len(qids)))])
-        runs.append(RunArrays(np.asarray(qids, dtype=object), offsets, run_codes, scores))
-    return runs[0], runs[1], vocabulary
-
-
-def docid_codes(vocabulary: np.ndarray, docids: list[str]) -> np.ndarray:
-    """Codes of those `docids` the vocabulary holds (the others are in neither run)."""
-    wanted = np.array(docids, dtype=str)
-    positions = np.searchsorted(vocabulary, wanted)
-    found = positions < len(vocabulary)
-    found[found] = vocabulary[positions[found]] == wanted[found]
-    return positions[found]
-
-
 def align(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, normalization: bool = False) -> Candidates:
     """Lay out the union of candidates of every query, missing scores filled with the run's minimum."""
     qids = list(dict.fromkeys([*sparse.qids, *dense.qids]))
@@ -119,25 +65,29 @@ def align(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, normaliza
     # Each cell holds (docid code << bits) | its column: sorting a row by value brings both copies of a docid
     # together and still says where each came from (value sorts are much faster than argsorts).
     bits = max(width - 1, 1).bit_length()
-    keys = np.full((len(qids), width), PADDING, dtype=np.int64)
-    values = np.zeros(keys.size)
+    padding = (PADDING >> bits << bits) | max(width - 1, 0)  # above every real key; its column stays in the row
+    keys = np.full((len(qids), width), padding, dtype=np.int64)
+    # Per side a grid of its scores, by column, holding the side's minimum in the other side's columns: read
+    # through the sorted columns, a cell then has its own score on its side and the minimum on the other.
     # A query with no hits on a side: pyserini takes 0 as its minimum and 1 as its maximum.
     lowest, highest = np.zeros((2, len(qids), 1)), np.ones((2, len(qids), 1))
+    scores = np.zeros((2, len(qids), width))
     for side, (run, first_column) in enumerate(((sparse, 0), (dense, widths[0]))):
         rows = np.array([row_of[qid] for qid in run.qids], dtype=np.int64)
         lengths = np.diff(run.offsets)
         columns = first_column + np.arange(len(run.docids)) - np.repeat(run.offsets[:-1], lengths)
         cells = np.repeat(rows, lengths) * width + columns
         keys.reshape(-1)[cells] = (run.docids << bits) | columns
-        values[cells] = run.scores
         hit = lengths > 0
         if hit.any():
             lowest[side, rows[hit], 0] = np.minimum.reduceat(run.scores, run.offsets[:-1][hit])
             highest[side, rows[hit], 0] = np.maximum.reduceat(run.scores, run.offsets[:-1][hit])
+        other_columns = slice(widths[0], width) if side == 0 else slice(0, widths[0])
+        scores[side][:, other_columns] = lowest[side]
+        scores[side].reshape(-1)[cells] = run.scores
     keys.sort(axis=1)
-    real = keys != PADDING
-    columns = np.minimum(keys & ((1 << bits) - 1), width - 1)  # padding's bits are all ones: keep it in the row
-    values = values[np.arange(len(qids))[:, None] * width + columns]
+    real = keys != padding
+    columns = keys & ((1 << bits) - 1)
     from_dense = columns >= widths[0]
     codes = keys >> bits
     # A docid in both runs stands in two neighbouring cells; the first of them holds the union's entry.
@@ -149,13 +99,17 @@ def align(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, normaliza
         raise RepeatedDocid(int(from_dense[row, column + 1]), str(vocabulary[codes[row, column]]), qids[row])
     valid = real.copy()
     valid[:, 1:] &= ~repeats
+    cells = np.arange(len(qids))[:, None] * width + columns
+    pairs = np.flatnonzero(repeats)
+    first_of_pair = pairs + pairs // max(width - 1, 1)  # from (Q, W - 1) to (Q, W) flat positions
     matrices = []
-    for side, on_side in ((0, ~from_dense), (1, from_dense)):
-        low, high = lowest[side], highest[side]
-        matrix = np.where(on_side, values, low)
-        # the other side's copy, in the next cell, gives this side's score to a cell of the other side
-        np.copyto(matrix[:, :-1], values[:, 1:], where=repeats & ~on_side[:, :-1])
+    for side in (0, 1):
+        matrix = scores[side].reshape(-1)[cells]
+        # Of a repeated docid's two cells one holds this side's score, the other its minimum: the larger.
+        flat = matrix.reshape(-1)
+        flat[first_of_pair] = np.maximum(flat[first_of_pair], flat[first_of_pair + 1])
         if normalization:
+            low, high = lowest[side], highest[side]
             spread = high - low
             matrix = (matrix - (low + high) / 2) / np.where(spread == 0, 1.0, spread)
         matrices.append(matrix)
@@ -168,7 +122,8 @@ def combine(candidates: Candidates, alpha: float, weight_on_dense: bool = False)
         scores = candidates.sparse + alpha * candidates.dense
     else:
         scores = alpha * candidates.sparse + candidates.dense
-    return np.where(candidates.valid, scores, -np.inf)
+    np.putmask(scores, ~candidates.valid, -np.inf)
+    return scores
 
 
 def ranking(scores: np.ndarray, k: int) -> np.ndarray:
@@ -197,7 +152,25 @@ def ranking(scores: np.ndarray, k: int) -> np.ndarray:
 
 def fuse_arrays(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alpha: float, k: int = 1000,
                 normalization: bool = False, weight_on_dense: bool = False) -> RunArrays:
-    """Eq. 7 for every query: the fused top k in rank order, as RunArrays over the same vocabulary."""
+    """Eq. 7 for every query: the fused top k in rank order, as RunArrays over the same vocabulary.
+
+    Queries go BLOCK at a time: a block's grids stay in the CPU's cache, which makes the whole ~2x faster
+    than one grid for all queries (and bounds the memory)."""
+    qids = list(dict.fromkeys([*sparse.qids, *dense.qids]))
+    if len(qids) <= BLOCK:
+        return _fuse_block(sparse, dense, vocabulary, alpha, k, normalization, weight_on_dense)
+    rows = [{qid: row for row, qid in enumerate(run.qids)} for run in (sparse, dense)]
+    parts = []
+    for start in range(0, len(qids), BLOCK):
+        block = qids[start:start + BLOCK]
+        sides = [run.take(np.array([row[qid] for qid in block if qid in row], dtype=np.int64))
+                 for run, row in zip((sparse, dense), rows, strict=True)]
+        parts.append(_fuse_block(*sides, vocabulary, alpha, k, normalization, weight_on_dense))
+    return RunArrays.concatenate(parts)
+
+
+def _fuse_block(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alpha: float, k: int,
+                normalization: bool, weight_on_dense: bool) -> RunArrays:
     candidates = align(sparse, dense, vocabulary, normalization)
     scores = combine(candidates, alpha, weight_on_dense)
     top = ranking(scores, k)
@@ -215,16 +188,6 @@ def fuse(sparse: Run | pd.DataFrame, dense: Run | pd.DataFrame, alpha: float, k:
     fused = fuse_arrays(sparse_arrays, dense_arrays, vocabulary, alpha, k, normalization, weight_on_dense)
     return {qid: list(zip(vocabulary[fused.docids[lo:hi]].tolist(), fused.scores[lo:hi].tolist(), strict=True))
             for qid, lo, hi in zip(fused.qids, fused.offsets[:-1], fused.offsets[1:], strict=True)}
-
-
-def write_run_arrays(path: Path, run: RunArrays, vocabulary: np.ndarray, tag: str) -> None:
-    """A TREC run file, written in one go (same format as pipeline.io.write_run), atomically."""
-    lengths = np.diff(run.offsets)
-    ranks = np.arange(len(run.docids)) - np.repeat(run.offsets[:-1], lengths) + 1
-    frame = pd.DataFrame({"qid": np.repeat(run.qids, lengths), "q0": "Q0", "docid": vocabulary[run.docids],
-                          "rank": ranks, "score": run.scores, "tag": tag})
-    with atomic_output(path) as out:
-        frame.to_csv(out, sep=" ", header=False, index=False, float_format="%.6f", lineterminator="\n")
 
 
 def fuse_runs(sparse_path: Path, dense_path: Path, run_path: Path, alpha: float, k: int = 1000,

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import run_stage
-from pipeline.fusion import align, combine, docid_codes, encode_runs, read_run_frame
+from pipeline.fusion import align, combine
 from pipeline.io import atomic_output, read_qrels
+from pipeline.run_arrays import docid_codes, encode_runs, read_run_frame
 
 log = logging.getLogger(__name__)
 

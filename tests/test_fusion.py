@@ -4,8 +4,10 @@ import random
 
 import pytest
 
-from pipeline.fusion import encode_runs, fuse, fuse_arrays, fuse_runs, run_frame
+from pipeline import fusion
+from pipeline.fusion import fuse, fuse_arrays, fuse_runs
 from pipeline.io import InputFormatError, read_run, write_run
+from pipeline.run_arrays import encode_runs, run_frame
 from pipeline.sparse.jvm import import_pyserini
 from tests.conftest import shared_data
 
@@ -64,7 +66,7 @@ def test_ties_follow_string_order_of_numeric_docids():
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_heavy_ties_mixed_docids_and_cut_offs(seed):
+def test_heavy_ties_mixed_docids_and_cut_offs(seed, monkeypatch):
     """Scores from a handful of values, docids of mixed length and kind: the order and the top-k cut are
     the reference's (score, then docid descending as strings)."""
     rng = random.Random(seed)
@@ -75,6 +77,8 @@ def test_heavy_ties_mixed_docids_and_cut_offs(seed):
              for q in range(5, 20)}
     for k in (1, 5, 1000):
         check(sparse, dense, rng.choice([0.0, 0.5, 1.0]), k=k)
+    monkeypatch.setattr(fusion, "BLOCK", 4)  # several blocks, queries of one side only among them
+    check(sparse, dense, 0.5, k=5)
 
 
 def test_interleaved_queries_and_repeated_docids():

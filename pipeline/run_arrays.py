@@ -1,0 +1,96 @@
+"""Runs as arrays, for the stages that work on whole runs at once (fusion, alpha tuning).
+
+A run's docids become integer codes into one sorted vocabulary shared by the runs read together, so
+code order is the docids' string order: the order trec_eval breaks ties by. Reading uses pandas' C
+parser; writing formats every line in one go, in the format of pipeline.io.write_run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io import InputFormatError, Run, atomic_output
+
+
+@dataclass
+class RunArrays:
+    """A run as arrays: query i's hits are entries offsets[i]:offsets[i + 1] of `docids` and `scores`;
+    docids are codes into a sorted vocabulary shared with the run it is fused with."""
+
+    qids: np.ndarray  # (Q,) object
+    offsets: np.ndarray  # (Q + 1,) int64
+    docids: np.ndarray  # (N,) int64
+    scores: np.ndarray  # (N,) float64
+
+    def query(self, row: int) -> RunArrays:
+        """Query `row` alone: the two hit lists a served system fuses per request."""
+        lo, hi = self.offsets[row], self.offsets[row + 1]
+        return RunArrays(self.qids[row:row + 1], np.array([0, hi - lo]), self.docids[lo:hi], self.scores[lo:hi])
+
+    def take(self, rows: np.ndarray) -> RunArrays:
+        """The queries at `rows`, in that order."""
+        lengths = np.diff(self.offsets)[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        entries = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - self.offsets[rows], lengths)
+        return RunArrays(self.qids[rows], offsets, self.docids[entries], self.scores[entries])
+
+    @staticmethod
+    def concatenate(parts: list[RunArrays]) -> RunArrays:
+        lengths = np.concatenate([np.diff(part.offsets) for part in parts])
+        return RunArrays(np.concatenate([part.qids for part in parts]), np.concatenate([[0], np.cumsum(lengths)]),
+                         np.concatenate([part.docids for part in parts]),
+                         np.concatenate([part.scores for part in parts]))
+
+
+def read_run_frame(path: Path) -> pd.DataFrame:
+    """A TREC run file straight into columns qid, docid, score (C parser)."""
+    frame = pd.read_csv(path, sep=r"\s+", header=None, names=["qid", "q0", "docid", "rank", "score", "tag"],
+                        dtype={"qid": str, "docid": str}, engine="c")
+    if frame[["qid", "docid", "score"]].isna().any().any():
+        raise InputFormatError(path, None, "6 fields 'qid Q0 docid rank score tag' on every line")
+    return frame[["qid", "docid", "score"]].astype({"score": float})
+
+
+def run_frame(run: Run) -> pd.DataFrame:
+    """A {qid: {docid: score}} run as columns qid, docid, score."""
+    rows = [(qid, docid, score) for qid, hits in run.items() for docid, score in hits.items()]
+    return pd.DataFrame(rows, columns=["qid", "docid", "score"]).astype({"qid": str, "docid": str, "score": float})
+
+
+def encode_runs(sparse: pd.DataFrame, dense: pd.DataFrame) -> tuple[RunArrays, RunArrays, np.ndarray]:
+    """Both runs as RunArrays over their shared, sorted docid vocabulary (queries in order of appearance)."""
+    docids = [frame["docid"].to_numpy().astype(str) for frame in (sparse, dense)]
+    vocabulary, codes = np.unique(np.concatenate(docids), return_inverse=True)
+    runs = []
+    for frame, run_codes in zip((sparse, dense), np.split(codes.astype(np.int64), [len(sparse)]), strict=True):
+        query_codes, qids = pd.factorize(frame["qid"].to_numpy())
+        scores = frame["score"].to_numpy(dtype=np.float64)
+        if np.any(query_codes[1:] < query_codes[:-1]):  # a query's hits not contiguous: group them, stably
+            order = np.argsort(query_codes, kind="stable")
+            query_codes, run_codes, scores = query_codes[order], run_codes[order], scores[order]
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(query_codes, minlength=len(qids)))])
+        runs.append(RunArrays(np.asarray(qids, dtype=object), offsets, run_codes, scores))
+    return runs[0], runs[1], vocabulary
+
+
+def docid_codes(vocabulary: np.ndarray, docids: list[str]) -> np.ndarray:
+    """Codes of those `docids` the vocabulary holds (the others are in neither run)."""
+    wanted = np.array(docids, dtype=str)
+    positions = np.searchsorted(vocabulary, wanted)
+    found = positions < len(vocabulary)
+    found[found] = vocabulary[positions[found]] == wanted[found]
+    return positions[found]
+
+
+def write_run_arrays(path: Path, run: RunArrays, vocabulary: np.ndarray, tag: str) -> None:
+    """A TREC run file, written in one go (same format as pipeline.io.write_run), atomically."""
+    lengths = np.diff(run.offsets)
+    ranks = np.arange(len(run.docids)) - np.repeat(run.offsets[:-1], lengths) + 1
+    frame = pd.DataFrame({"qid": np.repeat(run.qids, lengths), "q0": "Q0", "docid": vocabulary[run.docids],
+                          "rank": ranks, "score": run.scores, "tag": tag})
+    with atomic_output(path) as out:
+        frame.to_csv(out, sep=" ", header=False, index=False, float_format="%.6f", lineterminator="\n")

@@ -56,41 +56,53 @@ class Candidates:
     vocabulary: np.ndarray  # sorted docids: codes index it
 
 
-def align(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, normalization: bool = False) -> Candidates:
-    """Lay out the union of candidates of every query, missing scores filled with the run's minimum."""
+@dataclass
+class Layout:
+    """The union of both runs' hits per query on a (query, cell) grid whose docid codes ascend along a row.
+
+    `source` maps each sorted cell to its place in a grid filled side by side (sparse hits in the first
+    `widths[0]` columns, dense hits after them); `placed` holds where each side's hits go in that grid."""
+
+    qids: list[str]
+    codes: np.ndarray  # (Q, C) int64
+    valid: np.ndarray  # (Q, C) bool: one cell per distinct docid
+    source: np.ndarray  # (Q, C) int64 flat positions in the side-by-side grid
+    pairs: np.ndarray  # flat positions of the first (sparse) cell of each docid both runs hold
+    placed: tuple[np.ndarray, np.ndarray]  # per side, flat positions of its hits in the side-by-side grid
+    widths: tuple[int, int]
+    lowest: np.ndarray  # (2, Q, 1): per side the query's minimum (0 without hits) and maximum (1 without hits)
+    highest: np.ndarray
+
+
+def layout(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray) -> Layout:
+    """Sort both runs' hits of every query by docid; find the docids both hold."""
     qids = list(dict.fromkeys([*sparse.qids, *dense.qids]))
     row_of = {qid: row for row, qid in enumerate(qids)}
-    widths = [int(np.diff(run.offsets).max(initial=0)) for run in (sparse, dense)]
+    widths = tuple(int(np.diff(run.offsets).max(initial=0)) for run in (sparse, dense))
     width = sum(widths)
     # Each cell holds (docid code << bits) | its column: sorting a row by value brings both copies of a docid
-    # together and still says where each came from (value sorts are much faster than argsorts).
+    # together, the sparse one first, and still says where each came from (value sorts beat argsorts).
     bits = max(width - 1, 1).bit_length()
     padding = (PADDING >> bits << bits) | max(width - 1, 0)  # above every real key; its column stays in the row
     keys = np.full((len(qids), width), padding, dtype=np.int64)
-    # Per side a grid of its scores, by column, holding the side's minimum in the other side's columns: read
-    # through the sorted columns, a cell then has its own score on its side and the minimum on the other.
     # A query with no hits on a side: pyserini takes 0 as its minimum and 1 as its maximum.
     lowest, highest = np.zeros((2, len(qids), 1)), np.ones((2, len(qids), 1))
-    scores = np.zeros((2, len(qids), width))
+    placed = []
     for side, (run, first_column) in enumerate(((sparse, 0), (dense, widths[0]))):
         rows = np.array([row_of[qid] for qid in run.qids], dtype=np.int64)
         lengths = np.diff(run.offsets)
         columns = first_column + np.arange(len(run.docids)) - np.repeat(run.offsets[:-1], lengths)
-        cells = np.repeat(rows, lengths) * width + columns
-        keys.reshape(-1)[cells] = (run.docids << bits) | columns
+        placed.append(np.repeat(rows, lengths) * width + columns)
+        keys.reshape(-1)[placed[-1]] = (run.docids << bits) | columns
         hit = lengths > 0
         if hit.any():
             lowest[side, rows[hit], 0] = np.minimum.reduceat(run.scores, run.offsets[:-1][hit])
             highest[side, rows[hit], 0] = np.maximum.reduceat(run.scores, run.offsets[:-1][hit])
-        other_columns = slice(widths[0], width) if side == 0 else slice(0, widths[0])
-        scores[side][:, other_columns] = lowest[side]
-        scores[side].reshape(-1)[cells] = run.scores
     keys.sort(axis=1)
     real = keys != padding
     columns = keys & ((1 << bits) - 1)
     from_dense = columns >= widths[0]
     codes = keys >> bits
-    # A docid in both runs stands in two neighbouring cells; the first of them holds the union's entry.
     repeats = (codes[:, 1:] == codes[:, :-1]) & real[:, 1:]  # cell j + 1 repeats cell j
     within_one_run = repeats & (from_dense[:, 1:] == from_dense[:, :-1])
     within_one_run[:, 1:] |= repeats[:, 1:] & repeats[:, :-1]  # three cells alike
@@ -99,21 +111,49 @@ def align(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, normaliza
         raise RepeatedDocid(int(from_dense[row, column + 1]), str(vocabulary[codes[row, column]]), qids[row])
     valid = real.copy()
     valid[:, 1:] &= ~repeats
-    cells = np.arange(len(qids))[:, None] * width + columns
     pairs = np.flatnonzero(repeats)
-    first_of_pair = pairs + pairs // max(width - 1, 1)  # from (Q, W - 1) to (Q, W) flat positions
-    matrices = []
-    for side in (0, 1):
-        matrix = scores[side].reshape(-1)[cells]
-        # Of a repeated docid's two cells one holds this side's score, the other its minimum: the larger.
-        flat = matrix.reshape(-1)
-        flat[first_of_pair] = np.maximum(flat[first_of_pair], flat[first_of_pair + 1])
-        if normalization:
-            low, high = lowest[side], highest[side]
-            spread = high - low
-            matrix = (matrix - (low + high) / 2) / np.where(spread == 0, 1.0, spread)
-        matrices.append(matrix)
-    return Candidates(qids, codes, matrices[0], matrices[1], valid, vocabulary)
+    return Layout(qids, codes, valid, np.arange(len(qids))[:, None] * width + columns,
+                  pairs + pairs // max(width - 1, 1), tuple(placed), widths, lowest, highest)
+
+
+def weighted_scores(grid: Layout, sparse: RunArrays, dense: RunArrays, weights: tuple[float, float],
+                    normalization: bool = False) -> np.ndarray:
+    """weights[0] * sparse + weights[1] * dense per sorted cell (Eq. 7 with weights (alpha, 1)), a side that
+    lacks the docid counting its minimum for the query; optionally each side min-max centred first.
+
+    One grid holds both sides' hits, each side's columns already weighted and plus the other side's
+    weighted minimum; a docid both runs hold is computed from its two raw scores, in the same operations."""
+    width = sum(grid.widths)
+    side_by_side = np.zeros((len(grid.qids), width))
+    for placed, run in zip(grid.placed, (sparse, dense), strict=True):
+        side_by_side.reshape(-1)[placed] = run.scores
+    flat_source = grid.source.reshape(-1)
+    raw_pairs = [side_by_side.reshape(-1)[flat_source[grid.pairs + offset]] for offset in (0, 1)]
+    pair_rows = grid.pairs // max(width, 1)
+
+    def centred(values: np.ndarray, side: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """pyserini's normalisation: centred on the query's mid-range, divided by its range."""
+        if not normalization:
+            return values
+        low, high = grid.lowest[side][rows], grid.highest[side][rows]
+        spread = high - low
+        return (values - (low + high) / 2) / np.where(spread == 0, 1.0, spread)
+
+    floor = [weights[side] * centred(grid.lowest[side], side) for side in (0, 1)]
+    for side, columns in ((0, slice(0, grid.widths[0])), (1, slice(grid.widths[0], width))):
+        own = side_by_side[:, columns]
+        own[...] = weights[side] * centred(own, side) + floor[1 - side]
+    scores = side_by_side.reshape(-1)[grid.source]
+    both = [weights[side] * centred(raw_pairs[side][:, None], side, pair_rows)[:, 0] for side in (0, 1)]
+    scores.reshape(-1)[grid.pairs] = both[0] + both[1]
+    return scores
+
+
+def align(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, normalization: bool = False) -> Candidates:
+    """Lay out the union of candidates of every query, missing scores filled with the run's minimum."""
+    grid = layout(sparse, dense, vocabulary)
+    return Candidates(grid.qids, grid.codes, weighted_scores(grid, sparse, dense, (1.0, 0.0), normalization),
+                      weighted_scores(grid, sparse, dense, (0.0, 1.0), normalization), grid.valid, vocabulary)
 
 
 def combine(candidates: Candidates, alpha: float, weight_on_dense: bool = False) -> np.ndarray:
@@ -159,8 +199,14 @@ def fuse_arrays(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alp
     qids = list(dict.fromkeys([*sparse.qids, *dense.qids]))
     if len(qids) <= BLOCK:
         return _fuse_block(sparse, dense, vocabulary, alpha, k, normalization, weight_on_dense)
-    rows = [{qid: row for row, qid in enumerate(run.qids)} for run in (sparse, dense)]
     parts = []
+    if np.array_equal(sparse.qids, dense.qids):  # the usual case (both runs in topic order): views, no copies
+        for start in range(0, len(qids), BLOCK):
+            stop = min(start + BLOCK, len(qids))
+            parts.append(_fuse_block(sparse.slice(start, stop), dense.slice(start, stop), vocabulary, alpha, k,
+                                     normalization, weight_on_dense))
+        return RunArrays.concatenate(parts)
+    rows = [{qid: row for row, qid in enumerate(run.qids)} for run in (sparse, dense)]
     for start in range(0, len(qids), BLOCK):
         block = qids[start:start + BLOCK]
         sides = [run.take(np.array([row[qid] for qid in block if qid in row], dtype=np.int64))
@@ -171,13 +217,13 @@ def fuse_arrays(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alp
 
 def _fuse_block(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alpha: float, k: int,
                 normalization: bool, weight_on_dense: bool) -> RunArrays:
-    candidates = align(sparse, dense, vocabulary, normalization)
-    scores = combine(candidates, alpha, weight_on_dense)
+    grid = layout(sparse, dense, vocabulary)
+    scores = weighted_scores(grid, sparse, dense, (1.0, alpha) if weight_on_dense else (alpha, 1.0), normalization)
+    np.putmask(scores, ~grid.valid, -np.inf)
     top = ranking(scores, k)
-    kept = np.take_along_axis(candidates.valid, top, axis=1)  # valid cells rank first in every row
-    return RunArrays(np.asarray(candidates.qids, dtype=object), np.concatenate([[0], np.cumsum(kept.sum(axis=1))]),
-                     np.take_along_axis(candidates.codes, top, axis=1)[kept],
-                     np.take_along_axis(scores, top, axis=1)[kept])
+    kept = np.take_along_axis(grid.valid, top, axis=1)  # valid cells rank first in every row
+    return RunArrays(np.asarray(grid.qids, dtype=object), np.concatenate([[0], np.cumsum(kept.sum(axis=1))]),
+                     np.take_along_axis(grid.codes, top, axis=1)[kept], np.take_along_axis(scores, top, axis=1)[kept])
 
 
 def fuse(sparse: Run | pd.DataFrame, dense: Run | pd.DataFrame, alpha: float, k: int = 1000,
@@ -207,7 +253,8 @@ def fuse_runs(sparse_path: Path, dense_path: Path, run_path: Path, alpha: float,
                       np.array([]))
 
     def fuse_one(qid: str) -> RunArrays:
-        sides = [run.query(row[qid]) if qid in row else empty for run, row in zip((sparse, dense), rows, strict=True)]
+        sides = [run.slice(row[qid], row[qid] + 1) if qid in row else empty
+                 for run, row in zip((sparse, dense), rows, strict=True)]
         return fuse_arrays(*sides, vocabulary, alpha, k, normalization, weight_on_dense)
 
     timing = time_each(fused.qids[:latency_queries].tolist(), fuse_one)

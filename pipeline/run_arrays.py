@@ -26,10 +26,11 @@ class RunArrays:
     docids: np.ndarray  # (N,) int64
     scores: np.ndarray  # (N,) float64
 
-    def query(self, row: int) -> RunArrays:
-        """Query `row` alone: the two hit lists a served system fuses per request."""
-        lo, hi = self.offsets[row], self.offsets[row + 1]
-        return RunArrays(self.qids[row:row + 1], np.array([0, hi - lo]), self.docids[lo:hi], self.scores[lo:hi])
+    def slice(self, start: int, stop: int) -> RunArrays:
+        """Queries start..stop - 1, as views (no copy)."""
+        lo, hi = self.offsets[start], self.offsets[stop]
+        return RunArrays(self.qids[start:stop], self.offsets[start:stop + 1] - lo, self.docids[lo:hi],
+                         self.scores[lo:hi])
 
     def take(self, rows: np.ndarray) -> RunArrays:
         """The queries at `rows`, in that order."""

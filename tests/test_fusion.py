@@ -93,9 +93,9 @@ def test_interleaved_queries_and_repeated_docids():
         fuse(dense, repeated, 0.5)
 
 
-def test_one_query_at_a_time_equals_all_at_once():
-    """fuse_runs times queries one by one (a served system's view) on RunArrays.query slices: they give the
-    lists the batch gives."""
+def test_one_query_at_a_time_equals_all_at_once(monkeypatch):
+    """fuse_runs times queries one by one (a served system's view) on RunArrays slices: they give the lists
+    the batch gives."""
     rng = random.Random(3)
     docs = [f"d{i}" for i in range(40)]
     sparse = {f"q{q}": {d: round(rng.uniform(0, 9), 1) for d in rng.sample(docs, 15)} for q in range(12)}
@@ -103,11 +103,16 @@ def test_one_query_at_a_time_equals_all_at_once():
     sparse_arrays, dense_arrays, vocabulary = encode_runs(run_frame(sparse), run_frame(dense))
     together = fuse_arrays(sparse_arrays, dense_arrays, vocabulary, 0.3, k=20)
     for row, qid in enumerate(together.qids):
-        alone = fuse_arrays(sparse_arrays.query(list(sparse_arrays.qids).index(qid)),
-                            dense_arrays.query(list(dense_arrays.qids).index(qid)), vocabulary, 0.3, k=20)
+        row = list(sparse_arrays.qids).index(qid)
+        alone = fuse_arrays(sparse_arrays.slice(row, row + 1), dense_arrays.slice(row, row + 1), vocabulary, 0.3,
+                            k=20)
         lo, hi = together.offsets[row], together.offsets[row + 1]
         assert alone.qids.tolist() == [qid] and alone.docids.tolist() == together.docids[lo:hi].tolist()
         assert alone.scores.tolist() == together.scores[lo:hi].tolist()
+    monkeypatch.setattr(fusion, "BLOCK", 5)  # blocks of queries, as views of runs in the same topic order
+    blocks = fuse_arrays(sparse_arrays, dense_arrays, vocabulary, 0.3, k=20)
+    assert blocks.qids.tolist() == together.qids.tolist() and blocks.offsets.tolist() == together.offsets.tolist()
+    assert blocks.docids.tolist() == together.docids.tolist() and blocks.scores.tolist() == together.scores.tolist()
 
 
 def test_empty_lists_and_options():

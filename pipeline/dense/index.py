@@ -90,9 +90,26 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
     index = _empty_index(kind, first["dims"], params)
     if kind == "ivfpq":
         index.train(_training_sample(opened, 64 * nlist, seed))
-    for vectors, _, _ in opened:
+    flat = None
+    if kind == "flat":
+        # The flat index's storage allocated once at its final size and filled in place: adding block by
+        # block would grow it by doubling, with old and new buffers alive together (up to 3x the vectors).
+        index.codes.resize(len(ids) * first["dims"] * 4)
+        flat = faiss.rev_swig_ptr(index.codes.data(), index.codes.size()).view(np.float32).reshape(-1, first["dims"])
+    row = 0
+    for position in range(len(opened)):
+        vectors = opened[position][0]
+        opened[position] = (None, *opened[position][1:])  # unmapped once copied: its pages leave memory
         for start in range(0, vectors.shape[0], BLOCK):
-            index.add(np.ascontiguousarray(vectors[start:start + BLOCK], dtype=np.float32))
+            block = np.ascontiguousarray(vectors[start:start + BLOCK], dtype=np.float32)
+            if flat is None:
+                index.add(block)
+            else:
+                flat[row:row + len(block)] = block
+            row += len(block)
+        del vectors
+    if flat is not None:
+        index.ntotal = row
     manifest = {key: first[key] for key in ("model", "model_fingerprint", "pooling", "dims")}
     manifest.update({"count": len(ids), "ids_checksum": ids_checksum(ids), "kind": kind, "params": params,
                      "shards": first["shards"], "dtype": "float32"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -20,6 +21,7 @@ import numpy as np
 
 from pipeline.cli import run_stage
 from pipeline.io import (
+    EMBEDDINGS_FILE,
     MANIFEST_FILE,
     InputFormatError,
     atomic_directory,
@@ -31,7 +33,7 @@ from pipeline.io import (
 
 log = logging.getLogger(__name__)
 KINDS = ("flat", "hnsw", "ivfpq")
-BLOCK = 65536  # rows converted to float32 at a time
+BLOCK = 16384  # rows read and converted to float32 at a time
 
 
 def _empty_index(kind: str, dims: int, params: dict) -> faiss.Index:
@@ -45,6 +47,22 @@ def _empty_index(kind: str, dims: int, params: dict) -> faiss.Index:
     quantizer = faiss.IndexFlatIP(dims)
     return faiss.IndexIVFPQ(quantizer, dims, params["nlist"], params["pq_m"], params["pq_bits"],
                             faiss.METRIC_INNER_PRODUCT)
+
+
+def _blocks(path: Path) -> Iterator[np.ndarray]:
+    """A shard's vectors BLOCK rows at a time, read from the file (not memory-mapped, so that pages already
+    copied into the index do not stay resident)."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = header(handle)
+        if fortran_order or len(shape) != 2:
+            raise InputFormatError(path, None, "a 2-d array in C order", f"shape {shape}, fortran {fortran_order}")
+        remaining = shape[0]
+        while remaining:
+            rows = min(BLOCK, remaining)
+            yield np.fromfile(handle, dtype=dtype, count=rows * shape[1]).reshape(rows, shape[1])
+            remaining -= rows
 
 
 def _training_sample(opened: list, size: int, seed: int) -> np.ndarray:
@@ -65,7 +83,8 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
     """Build the index from shards (in shard order); returns its manifest."""
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {KINDS}, not {kind!r}")
-    opened = sorted((open_shard(d) for d in shard_dirs), key=lambda shard: shard[2]["shard"])
+    loaded = sorted(((Path(d), open_shard(d)) for d in shard_dirs), key=lambda item: item[1][2]["shard"])
+    shard_dirs, opened = [directory for directory, _ in loaded], [shard for _, shard in loaded]
     first = opened[0][2]
     for directory, (_, _, manifest) in zip(shard_dirs, opened, strict=True):
         for key in ("model_fingerprint", "dims", "shards"):
@@ -97,17 +116,13 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
         index.codes.resize(len(ids) * first["dims"] * 4)
         flat = faiss.rev_swig_ptr(index.codes.data(), index.codes.size()).view(np.float32).reshape(-1, first["dims"])
     row = 0
-    for position in range(len(opened)):
-        vectors = opened[position][0]
-        opened[position] = (None, *opened[position][1:])  # unmapped once copied: its pages leave memory
-        for start in range(0, vectors.shape[0], BLOCK):
-            block = np.ascontiguousarray(vectors[start:start + BLOCK], dtype=np.float32)
+    for directory in shard_dirs:  # in shard order
+        for block in _blocks(directory / EMBEDDINGS_FILE):
             if flat is None:
-                index.add(block)
+                index.add(np.ascontiguousarray(block, dtype=np.float32))
             else:
-                flat[row:row + len(block)] = block
+                flat[row:row + len(block)] = block  # cast to float32 on the way in
             row += len(block)
-        del vectors
     if flat is not None:
         index.ntotal = row
     manifest = {key: first[key] for key in ("model", "model_fingerprint", "pooling", "dims")}

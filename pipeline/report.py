@@ -15,6 +15,7 @@ import base64
 import html
 import io
 import logging
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -83,7 +84,13 @@ def _scatter_figure(results: Path, x_run: str, y_run: str, split: str, measure: 
     x, y = read_per_query(x_path, measure), read_per_query(y_path, measure)
     common = sorted(set(x) & set(y))
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter([x[q] for q in common], [y[q] for q in common], alpha=0.3, s=12)
+    # Reciprocal ranks take few values: equal points are drawn once, their size and label the query count.
+    counts = Counter((x[q], y[q]) for q in common)
+    ax.scatter([px for px, _ in counts], [py for _, py in counts], s=[12 + 6 * n for n in counts.values()],
+               alpha=0.4)
+    for (px, py), n in counts.items():
+        if n > 1:
+            ax.annotate(str(n), (px, py), fontsize=7, ha="center", va="center")
     ax.plot([0, 1], [0, 1], color="grey", linewidth=1)
     wins = sum(y[q] > x[q] for q in common)
     losses = sum(y[q] < x[q] for q in common)

@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -71,8 +72,8 @@ def measured_bm25(line_bytes: float) -> list[tuple[str, float, str]]:
          f"{threads} threads measured at {largest['size']:,} passages"),
         ("bm25_run, dev (6,980 queries, 1000 hits)",
          search["seconds"] * factor * DEV_QUERIES / queries * threads / 3600,
-         f"posting lists grow with the collection: {search['seconds']:.0f} s for {queries:,} queries at "
-         f"{largest['size']:,} passages"),
+         f"an upper bound: {search['seconds']:.0f} s for {queries:,} queries at {largest['size']:,} passages, "
+         "JVM start-up and the single-query latency loop included, scaled linearly"),
     ]
 
 
@@ -91,13 +92,28 @@ def cpu_flop_rate(tokens: int, batch: int = 16) -> tuple[float, int]:
     return 2 * dense * batch * tokens / seconds, dense
 
 
+def gemm_rate() -> float:
+    """FLOP/s of a float32 matrix product on this CPU: the operation Faiss's flat search runs."""
+    rng = np.random.default_rng(0)
+    queries, passages = rng.random((1024, 768), dtype=np.float32), rng.random((768, 16384), dtype=np.float32)
+    queries @ passages
+    started = time.perf_counter()
+    for _ in range(3):
+        queries @ passages
+    return 2 * 1024 * 768 * 16384 * 3 / (time.perf_counter() - started)
+
+
 def non_embedding_parameters(model: BertModel) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embeddings"))
 
 
 def hours(value: float) -> str:
-    """Two significant figures, so that minutes-long stages do not print as 0."""
-    return f"{value:,.0f}" if value >= 100 else f"{value:.2g}"
+    """Hours with two significant figures; under an hour in minutes, so that short stages do not print as 0."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 1:
+        return f"{value:.2g}"
+    return f"{value * 60:.2g} min" if value * 60 >= 0.1 else "< 0.1 min"
 
 
 def main() -> None:
@@ -113,7 +129,7 @@ def main() -> None:
     forward = 2 * dense  # FLOP per token, forward
     student_step = 96 * (query + 2 * passage) * (3 * forward + forward)  # student fwd+bwd, teacher fwd
     teacher_step = 32 * (query + 2 * passage) * 3 * forward
-    stages = [  # name, FLOP, kind (train / infer / cpu), disk bytes, memory note
+    stages = [  # name, FLOP, kind (train / infer / search / cpu), disk bytes, memory note
         ("train_teacher (ColBERT, 200k x 32)", 200_000 * teacher_step, "train", 0.44e9, "1 GPU, ~10 GB"),
         ("train_student, each of 3 (160k x 96, teacher in the step)", 160_000 * student_step, "train", 0.44e9,
          "1 GPU, ~30 GB at batch 96 (bf16)"),
@@ -122,14 +138,17 @@ def main() -> None:
         ("encode_tokens (ColBERT token index)", PASSAGES * passage * forward, "infer", PASSAGES * passage * 128 * 2,
          "per shard job: its token vectors"),
         ("build_index (flat, float32)", 0, "cpu", PASSAGES * 768 * 4, f"{PASSAGES * 768 * 4 / 1e9:.0f} GB RAM"),
-        ("dense_run, dev (6,980 queries, flat)", DEV_QUERIES * PASSAGES * 768 * 2, "infer", 0,
+        ("dense_run, dev (6,980 queries, flat)", DEV_QUERIES * PASSAGES * 768 * 2, "search", 0,
          f"index in RAM, or {PASSAGES * 768 * 2 / 1e9:.1f} GB on GPU (fp16)"),
         ("colbert_rerank, dev (1000 candidates)", DEV_QUERIES * 1000 * query * passage * 128 * 2, "infer", 0,
-         "token index memory-mapped"),
+         f"bound by reading {1000 * passage * 128 * 2 / 1e6:.0f} MB of token vectors per query from the "
+         "memory-mapped token index, not by FLOPs"),
     ]
+    search_rate = gemm_rate()
     print(f"\nMeasured: {passage:.1f} word pieces per MS MARCO passage (capped at 154, prefix included), queries "
           f"{query:.0f}; bert-base has {dense / 1e6:.0f}M non-embedding parameters; this CPU ran its encoder at "
-          f"{rate / 1e9:.0f} GFLOP/s (bf16 autocast, {torch.get_num_threads()} threads).")
+          f"{rate / 1e9:.0f} GFLOP/s (bf16 autocast, {torch.get_num_threads()} threads) and float32 matrix products "
+          f"(Faiss's flat search) at {search_rate / 1e9:.0f} GFLOP/s.")
     print(f"Assumed: training at {args.train_utilisation:.0%} and batch inference at {args.infer_utilisation:.0%} of "
           f"the bf16 peak; {args.gpus} GPUs scale training at {args.scaling:.0%} efficiency.\n")
     header = ["stage", "TFLOP", "this CPU (h)", *(f"1x {g} (h)" for g in GPUS),
@@ -140,12 +159,13 @@ def main() -> None:
         share = args.train_utilisation if kind == "train" else args.infer_utilisation
         one = [flops / (peak * share) / 3600 for peak in GPUS.values()]
         speedup = args.gpus * args.scaling if kind == "train" else args.gpus
-        cells = [name, f"{flops / 1e12:,.0f}", hours(flops / rate / 3600) if flops else "-",
+        cpu_rate = search_rate if kind == "search" else rate
+        cells = [name, f"{flops / 1e12:,.0f}", hours(flops / cpu_rate / 3600) if flops else "-",
                  *(hours(h) if flops else "-" for h in one), *(hours(h / speedup) if flops else "-" for h in one),
                  f"{disk / 1e9:.1f} GB" if disk else "-", memory]
         print("| " + " | ".join(cells) + " |")
     for name, core_hours, how in measured_bm25(passage_bytes()):
-        cells = [name, "-", f"{core_hours:.1f} core-h", *("-" for _ in GPUS), *("-" for _ in GPUS), "-", how]
+        cells = [name, "-", f"{hours(core_hours)} (core)", *("-" for _ in GPUS), *("-" for _ in GPUS), "-", how]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -44,19 +44,6 @@ class RepeatedDocid(ValueError):
 
 
 @dataclass
-class Candidates:
-    """Both runs on a common (query, candidate) grid: each row's docid codes ascend; `valid` marks one cell
-    per distinct docid (padding and a docid's second copy are not valid)."""
-
-    qids: list[str]
-    codes: np.ndarray  # (Q, C) int64
-    sparse: np.ndarray  # (Q, C) float64, missing filled per Eq. 7
-    dense: np.ndarray
-    valid: np.ndarray  # (Q, C) bool
-    vocabulary: np.ndarray  # sorted docids: codes index it
-
-
-@dataclass
 class Layout:
     """The union of both runs' hits per query on a (query, cell) grid whose docid codes ascend along a row.
 
@@ -68,7 +55,8 @@ class Layout:
     valid: np.ndarray  # (Q, C) bool: one cell per distinct docid
     source: np.ndarray  # (Q, C) int64 flat positions in the side-by-side grid
     pairs: np.ndarray  # flat positions of the first (sparse) cell of each docid both runs hold
-    placed: tuple[np.ndarray, np.ndarray]  # per side, flat positions of its hits in the side-by-side grid
+    placed: tuple[np.ndarray | None, np.ndarray | None]  # per side, flat positions of its hits in the side-by-side
+    # grid (None: the side's hits fill its columns row by row)
     widths: tuple[int, int]
     lowest: np.ndarray  # (2, Q, 1): per side the query's minimum (0 without hits) and maximum (1 without hits)
     highest: np.ndarray
@@ -87,8 +75,21 @@ def layout(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray) -> Layou
     keys = np.full((len(qids), width), padding, dtype=np.int64)
     # A query with no hits on a side: pyserini takes 0 as its minimum and 1 as its maximum.
     lowest, highest = np.zeros((2, len(qids), 1)), np.ones((2, len(qids), 1))
+    # The usual case, both runs listing the same queries in the same order with equally many hits each,
+    # fills the grid by reshaping; otherwise every hit goes to its computed cell.
+    rectangular = len(qids) > 0 and np.array_equal(sparse.qids, dense.qids) and all(
+        len(run.docids) == len(qids) * side_width for run, side_width in zip((sparse, dense), widths, strict=True))
     placed = []
     for side, (run, first_column) in enumerate(((sparse, 0), (dense, widths[0]))):
+        side_columns = first_column + np.arange(widths[side])
+        if rectangular:
+            placed.append(None)
+            hits = run.docids.reshape(len(qids), -1)
+            keys[:, first_column:first_column + widths[side]] = (hits << bits) | side_columns
+            if widths[side]:
+                lowest[side, :, 0] = run.scores.reshape(len(qids), -1).min(axis=1)
+                highest[side, :, 0] = run.scores.reshape(len(qids), -1).max(axis=1)
+            continue
         rows = np.array([row_of[qid] for qid in run.qids], dtype=np.int64)
         lengths = np.diff(run.offsets)
         columns = first_column + np.arange(len(run.docids)) - np.repeat(run.offsets[:-1], lengths)
@@ -125,8 +126,12 @@ def weighted_scores(grid: Layout, sparse: RunArrays, dense: RunArrays, weights: 
     weighted minimum; a docid both runs hold is computed from its two raw scores, in the same operations."""
     width = sum(grid.widths)
     side_by_side = np.zeros((len(grid.qids), width))
-    for placed, run in zip(grid.placed, (sparse, dense), strict=True):
-        side_by_side.reshape(-1)[placed] = run.scores
+    for placed, run, columns in zip(grid.placed, (sparse, dense), (slice(0, grid.widths[0]), slice(grid.widths[0],
+                                                                                                  width)), strict=True):
+        if placed is None:  # a rectangular layout
+            side_by_side[:, columns] = run.scores.reshape(len(grid.qids), -1)
+        else:
+            side_by_side.reshape(-1)[placed] = run.scores
     flat_source = grid.source.reshape(-1)
     raw_pairs = [side_by_side.reshape(-1)[flat_source[grid.pairs + offset]] for offset in (0, 1)]
     pair_rows = grid.pairs // max(width, 1)
@@ -149,25 +154,9 @@ def weighted_scores(grid: Layout, sparse: RunArrays, dense: RunArrays, weights: 
     return scores
 
 
-def align(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, normalization: bool = False) -> Candidates:
-    """Lay out the union of candidates of every query, missing scores filled with the run's minimum."""
-    grid = layout(sparse, dense, vocabulary)
-    return Candidates(grid.qids, grid.codes, weighted_scores(grid, sparse, dense, (1.0, 0.0), normalization),
-                      weighted_scores(grid, sparse, dense, (0.0, 1.0), normalization), grid.valid, vocabulary)
-
-
-def combine(candidates: Candidates, alpha: float, weight_on_dense: bool = False) -> np.ndarray:
-    """Fused scores (Q, C); -inf outside the valid cells."""
-    if weight_on_dense:
-        scores = candidates.sparse + alpha * candidates.dense
-    else:
-        scores = alpha * candidates.sparse + candidates.dense
-    np.putmask(scores, ~candidates.valid, -np.inf)
-    return scores
-
-
-def ranking(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of each row's top k: by score, then docid descending (codes ascend along a row).
+def ranking(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices of each row's top k, and their scores: by score, then docid descending (codes ascend
+    along a row).
 
     One value sort of int64 keys does it: the float's bits made order-preserving, inverted (descending),
     their lowest `bits` replaced by the inverted column. Scores closer than those bits can tell apart
@@ -178,16 +167,20 @@ def ranking(scores: np.ndarray, k: int) -> np.ndarray:
     low = (1 << bits) - 1
     raw = scores.view(np.int64)
     ordered = raw ^ ((raw >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))  # integer order = float order
-    keys = np.sort((~ordered & ~low) | (width - 1 - np.arange(width)), axis=1)[:, :k + 1]
+    keys = (~ordered & ~low) | (width - 1 - np.arange(width))
+    if k + 1 < width:  # the top k + 1 first, then only they are sorted
+        keys = np.partition(keys, k, axis=1)[:, :k + 1]
+    keys = np.sort(keys, axis=1)[:, :k + 1]
     top = width - 1 - (keys & low)
     ranked = np.take_along_axis(scores, top, axis=1)
     before, after = ranked[:, :-1], ranked[:, 1:]
     wrong = np.isfinite(after) & ((before < after) | ((before == after) & (top[:, :-1] < top[:, 1:])))
-    top = top[:, :k]
+    top, ranked = top[:, :k], ranked[:, :k]
     rows = wrong.any(axis=1)
     if rows.any():
         top[rows] = width - 1 - np.argsort(-scores[rows][:, ::-1], axis=1, kind="stable")[:, :k]
-    return top
+        ranked[rows] = np.take_along_axis(scores[rows], top[rows], axis=1)
+    return top, ranked
 
 
 def fuse_arrays(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alpha: float, k: int = 1000,
@@ -220,10 +213,15 @@ def _fuse_block(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alp
     grid = layout(sparse, dense, vocabulary)
     scores = weighted_scores(grid, sparse, dense, (1.0, alpha) if weight_on_dense else (alpha, 1.0), normalization)
     np.putmask(scores, ~grid.valid, -np.inf)
-    top = ranking(scores, k)
-    kept = np.take_along_axis(grid.valid, top, axis=1)  # valid cells rank first in every row
-    return RunArrays(np.asarray(grid.qids, dtype=object), np.concatenate([[0], np.cumsum(kept.sum(axis=1))]),
-                     np.take_along_axis(grid.codes, top, axis=1)[kept], np.take_along_axis(scores, top, axis=1)[kept])
+    top, ranked = ranking(scores, k)
+    codes = np.take_along_axis(grid.codes, top, axis=1)
+    lengths = np.minimum(grid.valid.sum(axis=1), top.shape[1])  # valid cells rank first in every row
+    if (lengths == top.shape[1]).all():  # the usual case: every query has k candidates or more
+        codes, ranked = codes.reshape(-1), ranked.reshape(-1)
+    else:
+        kept = np.arange(top.shape[1]) < lengths[:, None]
+        codes, ranked = codes[kept], ranked[kept]
+    return RunArrays(np.asarray(grid.qids, dtype=object), np.concatenate([[0], np.cumsum(lengths)]), codes, ranked)
 
 
 def fuse(sparse: Run | pd.DataFrame, dense: Run | pd.DataFrame, alpha: float, k: int = 1000,

@@ -15,16 +15,47 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.cli import run_stage
-from pipeline.fusion import align, combine
+from pipeline.fusion import layout, weighted_scores
 from pipeline.io import atomic_output, read_qrels
-from pipeline.run_arrays import docid_codes, encode_runs, read_run_frame
+from pipeline.run_arrays import RunArrays, docid_codes, encode_runs, read_run_frame
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidates:
+    """Both runs on fusion's (query, candidate) grid, their scores kept apart so that each alpha is one sum:
+    each row's docid codes ascend; `valid` marks one cell per distinct docid."""
+
+    qids: list[str]
+    codes: np.ndarray  # (Q, C) int64
+    sparse: np.ndarray  # (Q, C) float64, missing filled per Eq. 7
+    dense: np.ndarray
+    valid: np.ndarray  # (Q, C) bool
+    vocabulary: np.ndarray  # sorted docids: codes index it
+
+
+def align(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, normalization: bool = False) -> Candidates:
+    """Lay out the union of candidates of every query, missing scores filled with the run's minimum."""
+    grid = layout(sparse, dense, vocabulary)
+    return Candidates(grid.qids, grid.codes, weighted_scores(grid, sparse, dense, (1.0, 0.0), normalization),
+                      weighted_scores(grid, sparse, dense, (0.0, 1.0), normalization), grid.valid, vocabulary)
+
+
+def combine(candidates: Candidates, alpha: float, weight_on_dense: bool = False) -> np.ndarray:
+    """Fused scores (Q, C); -inf outside the valid cells."""
+    if weight_on_dense:
+        scores = candidates.sparse + alpha * candidates.dense
+    else:
+        scores = alpha * candidates.sparse + candidates.dense
+    np.putmask(scores, ~candidates.valid, -np.inf)
+    return scores
 
 
 def reciprocal_ranks(candidates, scores: np.ndarray, relevant: tuple[np.ndarray, np.ndarray],

@@ -100,6 +100,7 @@ def test_one_query_at_a_time_equals_all_at_once(monkeypatch):
     docs = [f"d{i}" for i in range(40)]
     sparse = {f"q{q}": {d: round(rng.uniform(0, 9), 1) for d in rng.sample(docs, 15)} for q in range(12)}
     dense = {f"q{q}": {d: round(rng.uniform(60, 70), 1) for d in rng.sample(docs, 15)} for q in range(12)}
+    check(sparse, dense, 0.3, k=20)  # every query has 15 hits on each side: the grid is filled by reshaping
     sparse_arrays, dense_arrays, vocabulary = encode_runs(run_frame(sparse), run_frame(dense))
     together = fuse_arrays(sparse_arrays, dense_arrays, vocabulary, 0.3, k=20)
     for row, qid in enumerate(together.qids):

@@ -61,6 +61,11 @@ class Layout:
     lowest: np.ndarray  # (2, Q, 1): per side the query's minimum (0 without hits) and maximum (1 without hits)
     highest: np.ndarray
 
+    @property
+    def rectangular(self) -> bool:
+        """Every query has as many hits as the side's widest: no padding anywhere."""
+        return self.placed[0] is None
+
 
 def layout(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray) -> Layout:
     """Sort both runs' hits of every query by docid; find the docids both hold."""
@@ -84,8 +89,9 @@ def layout(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray) -> Layou
         side_columns = first_column + np.arange(widths[side])
         if rectangular:
             placed.append(None)
-            hits = run.docids.reshape(len(qids), -1)
-            keys[:, first_column:first_column + widths[side]] = (hits << bits) | side_columns
+            cells = keys[:, first_column:first_column + widths[side]]
+            np.left_shift(run.docids.reshape(len(qids), -1), bits, out=cells)
+            cells |= side_columns
             if widths[side]:
                 lowest[side, :, 0] = run.scores.reshape(len(qids), -1).min(axis=1)
                 highest[side, :, 0] = run.scores.reshape(len(qids), -1).max(axis=1)
@@ -105,8 +111,9 @@ def layout(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray) -> Layou
     from_dense = columns >= widths[0]
     codes = keys >> bits
     repeats = (codes[:, 1:] == codes[:, :-1]) & real[:, 1:]  # cell j + 1 repeats cell j
+    # Equal codes sort sparse copies before dense ones, so a docid repeated within one run always shows
+    # as two neighbours from the same side.
     within_one_run = repeats & (from_dense[:, 1:] == from_dense[:, :-1])
-    within_one_run[:, 1:] |= repeats[:, 1:] & repeats[:, :-1]  # three cells alike
     if within_one_run.any():
         row, column = np.argwhere(within_one_run)[0]
         raise RepeatedDocid(int(from_dense[row, column + 1]), str(vocabulary[codes[row, column]]), qids[row])
@@ -128,7 +135,7 @@ def weighted_scores(grid: Layout, sparse: RunArrays, dense: RunArrays, weights: 
     side_by_side = np.zeros((len(grid.qids), width))
     for placed, run, columns in zip(grid.placed, (sparse, dense), (slice(0, grid.widths[0]), slice(grid.widths[0],
                                                                                                   width)), strict=True):
-        if placed is None:  # a rectangular layout
+        if grid.rectangular:
             side_by_side[:, columns] = run.scores.reshape(len(grid.qids), -1)
         else:
             side_by_side.reshape(-1)[placed] = run.scores
@@ -147,7 +154,10 @@ def weighted_scores(grid: Layout, sparse: RunArrays, dense: RunArrays, weights: 
     floor = [weights[side] * centred(grid.lowest[side], side) for side in (0, 1)]
     for side, columns in ((0, slice(0, grid.widths[0])), (1, slice(grid.widths[0], width))):
         own = side_by_side[:, columns]
-        own[...] = weights[side] * centred(own, side) + floor[1 - side]
+        if normalization:
+            own[...] = centred(own, side)
+        own *= weights[side]
+        own += floor[1 - side]
     scores = side_by_side.reshape(-1)[grid.source]
     both = [weights[side] * centred(raw_pairs[side][:, None], side, pair_rows)[:, 0] for side in (0, 1)]
     scores.reshape(-1)[grid.pairs] = both[0] + both[1]
@@ -166,8 +176,12 @@ def ranking(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     bits = max(width - 1, 1).bit_length()
     low = (1 << bits) - 1
     raw = scores.view(np.int64)
-    ordered = raw ^ ((raw >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))  # integer order = float order
-    keys = (~ordered & ~low) | (width - 1 - np.arange(width))
+    keys = raw >> 63
+    keys &= np.int64(0x7FFFFFFFFFFFFFFF)
+    keys ^= raw  # integer order = float order
+    keys |= low
+    np.invert(keys, out=keys)  # descending, the lowest bits zero
+    keys |= width - 1 - np.arange(width)
     if k + 1 < width:  # the top k + 1 first, then only they are sorted
         keys = np.partition(keys, k, axis=1)[:, :k + 1]
     keys = np.sort(keys, axis=1)[:, :k + 1]
@@ -212,7 +226,10 @@ def _fuse_block(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alp
                 normalization: bool, weight_on_dense: bool) -> RunArrays:
     grid = layout(sparse, dense, vocabulary)
     scores = weighted_scores(grid, sparse, dense, (1.0, alpha) if weight_on_dense else (alpha, 1.0), normalization)
-    np.putmask(scores, ~grid.valid, -np.inf)
+    if grid.rectangular:  # no padding: the second cells of repeated docids are all that is invalid
+        scores.reshape(-1)[grid.pairs + 1] = -np.inf
+    else:
+        np.putmask(scores, ~grid.valid, -np.inf)
     top, ranked = ranking(scores, k)
     codes = np.take_along_axis(grid.codes, top, axis=1)
     lengths = np.minimum(grid.valid.sum(axis=1), top.shape[1])  # valid cells rank first in every row

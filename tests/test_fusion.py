@@ -1,5 +1,6 @@
 import itertools
 import json
+import math
 import random
 
 import pytest
@@ -79,6 +80,18 @@ def test_heavy_ties_mixed_docids_and_cut_offs(seed, monkeypatch):
         check(sparse, dense, rng.choice([0.0, 0.5, 1.0]), k=k)
     monkeypatch.setattr(fusion, "BLOCK", 4)  # several blocks, queries of one side only among them
     check(sparse, dense, 0.5, k=5)
+
+def test_scores_one_ulp_apart_and_signed_zeros():
+    """Ranking sorts integer keys that drop a float's lowest bits: scores differing only there still rank by
+    score, and 0.0 ties with -0.0 (broken by docid, as trec_eval does)."""
+    above_one = math.nextafter(1.0, 2.0)
+    check({"q": {"a": above_one, "b": 1.0, "c": math.nextafter(1.0, 0.0)}}, {"q": {"d": 0.0}}, 1.0)
+    # alpha 0 times a negative sparse score is -0.0; 0.0 and -0.0 are one score.
+    sparse = {"q": {"a": -1.0, "b": -2.0, "c": -0.5, "e": -3.0}, "p": {"a": -0.0, "b": 0.0}}
+    dense = {"q": {"a": 0.0, "b": -0.0, "c": -0.0, "d": 0.0}, "p": {"b": -0.0, "a": 0.0}}
+    assert [d for d, _ in fuse(sparse, dense, 0.0)["q"]] == ["e", "d", "c", "b", "a"]
+    check(sparse, dense, 0.0)
+
 
 
 def test_interleaved_queries_and_repeated_docids():

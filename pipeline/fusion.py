@@ -55,6 +55,7 @@ class Layout:
     padding: np.ndarray | None  # (Q, C) bool: cells without a hit (None: there are none)
     source: np.ndarray  # (Q, C) int64 flat positions in the side-by-side grid
     pairs: np.ndarray  # flat positions of the first (sparse) cell of each docid both runs hold
+    pair_rows: np.ndarray  # and their rows
     pair_sources: tuple[np.ndarray, np.ndarray]  # their sparse and dense hits' flat positions in the side-by-side grid
     placed: tuple[np.ndarray | None, np.ndarray | None]  # per side, flat positions of its hits in the side-by-side
     # grid (None: the side's hits fill its columns row by row)
@@ -77,8 +78,7 @@ class Layout:
     def candidates(self) -> np.ndarray:
         """How many distinct docids each query has."""
         if self.padding is None:
-            return self.codes.shape[1] - np.bincount(self.pairs // max(self.codes.shape[1], 1),
-                                                     minlength=len(self.qids))
+            return self.codes.shape[1] - np.bincount(self.pair_rows, minlength=len(self.qids))
         return self.valid.sum(axis=1)
 
 
@@ -98,7 +98,8 @@ def layout(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray) -> Layou
     # fills the grid by reshaping; otherwise every hit goes to its computed cell.
     rectangular = len(qids) > 0 and np.array_equal(sparse.qids, dense.qids) and all(
         len(run.docids) == len(qids) * side_width for run, side_width in zip((sparse, dense), widths, strict=True))
-    keys = np.empty((len(qids), width), dtype=np.int64) if rectangular else np.full((len(qids), width), padding)
+    shape = (len(qids), width)
+    keys = np.empty(shape, dtype=np.int64) if rectangular else np.full(shape, padding, dtype=np.int64)
     placed = []
     for side, (run, first_column) in enumerate(((sparse, 0), (dense, widths[0]))):
         side_columns = first_column + np.arange(widths[side])
@@ -140,8 +141,9 @@ def layout(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray) -> Layou
                             qids[at // width])
     row_starts = np.arange(len(qids)) * width
     pair_starts = pair_rows * width
-    return Layout(qids, codes, padded, row_starts[:, None] + columns, pairs,
+    return Layout(qids, codes, padded, row_starts[:, None] + columns, pairs, pair_rows,
                   (pair_starts + first, pair_starts + second), tuple(placed), widths, lowest, highest)
+
 
 def weighted_scores(grid: Layout, sparse: RunArrays, dense: RunArrays, weights: tuple[float, float],
                     normalization: bool = False) -> np.ndarray:
@@ -159,7 +161,6 @@ def weighted_scores(grid: Layout, sparse: RunArrays, dense: RunArrays, weights: 
         else:
             side_by_side.reshape(-1)[placed] = run.scores
     raw_pairs = [side_by_side.reshape(-1)[positions] for positions in grid.pair_sources]
-    pair_rows = grid.pairs // max(width, 1) if normalization else slice(None)
 
     def centred(values: np.ndarray, side: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         """pyserini's normalisation: centred on the query's mid-range, divided by its range."""
@@ -178,7 +179,7 @@ def weighted_scores(grid: Layout, sparse: RunArrays, dense: RunArrays, weights: 
             own *= weights[side]
         own += floor[1 - side]
     scores = side_by_side.reshape(-1)[grid.source]
-    both = [weights[side] * centred(raw_pairs[side][:, None], side, pair_rows)[:, 0] for side in (0, 1)]
+    both = [weights[side] * centred(raw_pairs[side][:, None], side, grid.pair_rows)[:, 0] for side in (0, 1)]
     scores.reshape(-1)[grid.pairs] = both[0] + both[1]
     return scores
 

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Rules call `python -m pipeline.<stage>`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test lint clean-demo scifact
+.PHONY: install demo test lint clean-demo scifact check-gpu
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ scifact: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check --no-cache pipeline tests benchmarks
 	$(BIN)/python -m pytest -q -ra
+
+# The GPU paths (precision auto, fp16 with loss scaling, GPU encoding, faiss-gpu search against the CPU's) on a
+# CUDA machine, in under 5 minutes; without a GPU it says so and exits 0. faiss-gpu: `make FAISS=gpu install`.
+check-gpu: $(STAMP)
+	$(BIN)/python benchmarks/check_gpu.py
 
 # profiles/slurm against a real one-node SLURM on this machine (tests/cluster/slurm.sh: Debian's slurmctld,
 # slurmd and munge, installed with apt-get when missing; needs root). Skips when they cannot be installed.

@@ -1,5 +1,5 @@
 # TCT-ColBERT pipeline: ColBERT teacher -> tightly-coupled distillation -> Faiss -> hybrids -> Table 1.
-# Paper scale:  snakemake --cores 8 --resources gpu=1 results/table1.tsv
+# Paper scale:  snakemake results/table1.tsv --cores 8 --resources gpu=1
 # Offline demo: snakemake --profile profiles/demo
 
 from snakemake.utils import min_version, validate

@@ -23,12 +23,14 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
+from pipeline import precision
 from pipeline.io import read_collection
 from pipeline.models.backbone import PACKAGED_MINILM, resolve_backbone
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PASSAGES, DEV_QUERIES = 8_841_823, 6_980
 GPUS = {"A100": 312e12, "H100": 989e12}  # dense bf16 FLOP/s
+CPU_PRECISION = precision.resolve("auto", torch.device("cpu"))
 PREFIX = 4  # '[CLS] [D] ' / '[CLS] [Q] ' of the TCT conventions
 
 
@@ -78,12 +80,13 @@ def measured_bm25(line_bytes: float) -> list[tuple[str, float, str]]:
 
 
 def cpu_flop_rate(tokens: int, batch: int = 16) -> tuple[float, int]:
-    """FLOP/s this CPU reaches in bert-base inference (bf16 autocast), by the count used below."""
+    """FLOP/s this CPU reaches in bert-base inference (in the precision `auto` resolves to here), by the count
+    used below."""
     torch.manual_seed(0)
     model = BertModel(BertConfig()).eval()
     dense = non_embedding_parameters(model)
     ids = torch.randint(1000, 20000, (batch, tokens))
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), precision.autocast(torch.device("cpu"), CPU_PRECISION):
         model(input_ids=ids)
         started = time.perf_counter()
         for _ in range(3):
@@ -147,7 +150,8 @@ def main() -> None:
     search_rate = gemm_rate()
     print(f"\nMeasured: {passage:.1f} word pieces per MS MARCO passage (capped at 154, prefix included), queries "
           f"{query:.0f}; bert-base has {dense / 1e6:.0f}M non-embedding parameters; this CPU ran its encoder at "
-          f"{rate / 1e9:.0f} GFLOP/s (bf16 autocast, {torch.get_num_threads()} threads) and float32 matrix products "
+          f"{rate / 1e9:.0f} GFLOP/s ({CPU_PRECISION}: precision auto on this CPU, PyTorch capability "
+          f"{precision.cpu_capability()}; {torch.get_num_threads()} threads) and float32 matrix products "
           f"(Faiss's flat search) at {search_rate / 1e9:.0f} GFLOP/s.")
     print(f"Assumed: training at {args.train_utilisation:.0%} and batch inference at {args.infer_utilisation:.0%} of "
           f"the bf16 peak; {args.gpus} GPUs scale training at {args.scaling:.0%} efficiency.\n")

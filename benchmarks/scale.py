@@ -32,6 +32,7 @@ import torch
 
 from pipeline.dense.runtime import device_name
 from pipeline.io import atomic_output, count_lines, write_id_text
+from pipeline.precision import PRECISIONS, cpu_capability
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 10_000  # passages generated at a time: the collection is never held whole
@@ -152,7 +153,7 @@ def run_size(size: int, args: argparse.Namespace, model: Path, vocab: np.ndarray
     for i, out in enumerate(shard_dirs):  # threads: 2 in the encode_corpus rule
         record["shards"].append(stage(f"encode_corpus.{i}", "pipeline.dense.encode", [
             "--model", model, "--collection", collection, "--out", out, "--shard", i, "--shards", args.shards,
-            "--dtype", "float16", "--batch-size", args.batch_size, *(["--bf16"] if args.bf16 else [])], 2))
+            "--dtype", "float16", "--batch-size", args.batch_size, "--precision", args.precision], 2))
     slowest = max(record["shards"], key=lambda shard: shard["seconds"])
     record["stages"][f"encode_corpus, {args.shards} shards (sum; peak shard RSS)"] = {
         "seconds": round(sum(shard["seconds"] for shard in record["shards"]), 2),
@@ -162,7 +163,7 @@ def run_size(size: int, args: argparse.Namespace, model: Path, vocab: np.ndarray
     record["stages"]["build_index (flat)"] = stage("build_index", "pipeline.dense.index", [
         "--shards", *shard_dirs, "--collection", collection, "--out", index, "--kind", "flat"], 2)
     record["stages"]["encode_queries"] = stage("encode_queries", "pipeline.dense.queries", [
-        "--model", model, "--queries", topics, "--out", encoded, *(["--bf16"] if args.bf16 else []),
+        "--model", model, "--queries", topics, "--out", encoded, "--precision", args.precision,
         "--latency-queries", LATENCY_QUERIES], 1)  # threads: 1 in its rule
     dense_run = root / "runs" / "tiny.trec"
     record["stages"]["dense_run"] = stage("dense_run", "pipeline.dense.search", [
@@ -206,7 +207,8 @@ def table(records: list[dict], args: argparse.Namespace) -> str:
         f"{datetime.date.today().isoformat()}. Size ratio {records[-1]['size'] / records[0]['size']:g}x.",
         f"- Collection: {per_size(lambda r: mb(r['collection_bytes']))} on disk (20-40 made-up words per passage); "
         f"{args.queries} queries, {HITS} hits.",
-        f"- Encoder: random 2-layer BERT, {args.dims} dims, batch {args.batch_size}, bf16 autocast {args.bf16}; "
+        f"- Encoder: random 2-layer BERT, {args.dims} dims, batch {args.batch_size}, precision {args.precision} "
+        f"(PyTorch CPU capability {cpu_capability()}); "
         f"{args.shards} encode_corpus jobs run one after another.",
         f"- Raw embeddings (float16 shards): {per_size(lambda r: mb(r['size'] * args.dims * 2))}; "
         f"as float32 in the flat index: {per_size(lambda r: mb(r['size'] * args.dims * 4))} "
@@ -228,8 +230,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dims", type=int, default=32, help="hidden size of the tiny random BERT")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--bf16", action="store_true",
-                        help="bf16 autocast in the encoders (the paper config's; slower for the tiny BERT on CPU)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="encoders' precision (fp32: the tiny BERT gains nothing from bf16 on a CPU)")
     parser.add_argument("--max-heap", default="4g", help="JVM -Xmx of the BM25 stages")
     parser.add_argument("--vocabulary", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=13)

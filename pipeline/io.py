@@ -242,9 +242,14 @@ EMBEDDINGS_FILE, IDS_FILE, MANIFEST_FILE = "emb.npy", "ids.parquet", "manifest.j
 
 
 def ids_checksum(ids: Sequence[str]) -> str:
+    return lines_checksum(ident.encode("utf-8") + b"\n" for ident in ids)
+
+
+def lines_checksum(blocks: Iterable[bytes]) -> str:
+    """ids_checksum of ids given as blocks of UTF-8 `id\\n` lines (the same bytes hashed: the same value)."""
     digest = hashlib.sha256()
-    for ident in ids:
-        digest.update(ident.encode("utf-8") + b"\n")
+    for block in blocks:
+        digest.update(block)
     return digest.hexdigest()[:32]
 
 
@@ -256,9 +261,14 @@ def write_ids(path: str | os.PathLike, ids: Sequence[str]) -> None:
 
 
 def read_ids(path: str | os.PathLike) -> list[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(str(path), columns=["id"]).column("id").to_pylist()
+    # ParquetFile rather than read_table, whose dataset machinery alone keeps ~50 MB resident; the pool then
+    # hands back the pages of the table read (mimalloc would keep ~20 MB).
+    ids = pq.ParquetFile(str(path)).read(columns=["id"], use_threads=False).column("id").to_pylist()
+    pa.default_memory_pool().release_unused()
+    return ids
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -268,11 +278,15 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def open_shard(directory: str | os.PathLike, expect: Mapping[str, object] | None = None) -> tuple:
+def open_shard(directory: str | os.PathLike, expect: Mapping[str, object] | None = None,
+               ids_as_lines: bool = False) -> tuple:
     """Memory-map a shard's embeddings and read its ids, checking them against the manifest.
 
     `expect` holds manifest fields that must match (model, dims, dtype, pooling); a mismatch or a
-    shard whose row count, dtype or id checksum disagrees with its manifest is refused.
+    shard whose row count, dtype or id checksum disagrees with its manifest is refused. With
+    `ids_as_lines` the ids come as one bytes object of UTF-8 `id\\n` lines (pyserini's docid layout):
+    about 8 bytes a pid where a list of str takes some 64, for build_index, which only hashes and
+    writes them.
     """
     import numpy as np
 
@@ -283,14 +297,17 @@ def open_shard(directory: str | os.PathLike, expect: Mapping[str, object] | None
             raise InputFormatError(directory / MANIFEST_FILE, None, f"{key} = {value!r}", repr(manifest.get(key)))
     embeddings = np.load(directory / EMBEDDINGS_FILE, mmap_mode="r")
     ids = read_ids(directory / IDS_FILE)
+    count = len(ids)
+    if ids_as_lines:
+        ids = "".join(f"{ident}\n" for ident in ids).encode("utf-8")
     problems = []
-    if embeddings.shape[0] != manifest["count"] or len(ids) != manifest["count"]:
-        problems.append(f"{embeddings.shape[0]} vectors and {len(ids)} ids, manifest says {manifest['count']}")
+    if embeddings.shape[0] != manifest["count"] or count != manifest["count"]:
+        problems.append(f"{embeddings.shape[0]} vectors and {count} ids, manifest says {manifest['count']}")
     if str(embeddings.dtype) != manifest["dtype"]:
         problems.append(f"dtype {embeddings.dtype}, manifest says {manifest['dtype']}")
     if embeddings.ndim != 2 or embeddings.shape[1] != manifest["dims"]:
         problems.append(f"shape {embeddings.shape}, manifest says {manifest['dims']} dims")
-    if ids_checksum(ids) != manifest["ids_checksum"]:
+    if (lines_checksum([ids]) if ids_as_lines else ids_checksum(ids)) != manifest["ids_checksum"]:
         problems.append("ids do not match the manifest's checksum")
     if problems:
         raise InputFormatError(directory, None, "a consistent embedding shard", "; ".join(problems))

@@ -106,31 +106,34 @@ def build_table2(spec: dict, results: Path) -> tuple[list[str], list[list[str]]]
     sparse_run = _json(runs / f"{sparse}.{split}.latency.json")
     fusion = _json(runs / f"{dense}+{sparse}.{split}.latency.json")
     rerank = _json(runs / f"colbert-{sparse}.{split}.latency.json")
-    # (stage, median, p95, queries timed, device, threads, index bytes/passage, how)
+    # (stage, median, p95, queries timed, device, threads, precision record, index bytes/passage, how)
     stages = [
         ("query encoder (batch 1)", queries.get("latency_ms_median"), queries.get("latency_ms_p95"),
-         queries.get("latency_queries"), queries.get("device"), queries.get("threads"), None, "torch"),
+         queries.get("latency_queries"), queries.get("device"), queries.get("threads"), queries, None, "torch"),
         (f"dense search ({dense_run.get('index', 'flat')}, k={dense_run.get('hits', '?')})",
          dense_run.get("search_ms_median"), dense_run.get("search_ms_p95"), dense_run.get("latency_queries"),
-         dense_run.get("device_name"), dense_run.get("threads"), dense_run.get("index_bytes_per_passage"), "faiss"),
+         dense_run.get("device_name"), dense_run.get("threads"), dense_run, dense_run.get("index_bytes_per_passage"),
+         "faiss"),
         (f"sparse search ({sparse}, k={sparse_run.get('hits', '?')})", sparse_run.get("latency_ms_median"),
          sparse_run.get("latency_ms_p95"), sparse_run.get("latency_queries"), sparse_run.get("device"),
-         sparse_run.get("latency_threads"), None, "Lucene (pyserini)"),
+         sparse_run.get("latency_threads"), {}, None, "Lucene (pyserini)"),
         ("fusion (Eq. 7)", fusion.get("fusion_ms_median"), fusion.get("fusion_ms_p95"),
-         fusion.get("latency_queries"), fusion.get("device"), fusion.get("latency_threads"), None, "numpy"),
+         fusion.get("latency_queries"), fusion.get("device"), fusion.get("latency_threads"), {}, None, "numpy"),
         (f"ColBERT re-rank (depth {rerank.get('depth', '?')})", rerank.get("rerank_ms_median"),
          rerank.get("rerank_ms_p95"), rerank.get("latency_queries"), rerank.get("device"), rerank.get("threads"),
-         rerank.get("token_index_bytes_per_passage"), "MaxSim over stored token vectors"),
-        ("dense retrieval: encoder + search", dense_run.get("latency_ms_median"), None, None, None, None, None,
+         rerank, rerank.get("token_index_bytes_per_passage"), "MaxSim over stored token vectors"),
+        ("dense retrieval: encoder + search", dense_run.get("latency_ms_median"), None, None, None, None, {}, None,
          "sum of medians"),
         ("hybrid, as the paper: max(sparse, dense) + fusion", fusion.get("latency_ms_median"), None, None, None,
-         None, None, "retrievers in parallel"),
-        ("hybrid, measured sequentially", fusion.get("sequential_ms_median"), None, None, None, None, None,
+         None, {}, None, "retrievers in parallel"),
+        ("hybrid, measured sequentially", fusion.get("sequential_ms_median"), None, None, None, None, {}, None,
          "sparse + dense + fusion"),
     ]
-    header = ["stage", "median_ms", "p95_ms", "queries_timed", "device", "threads", "index_bytes_per_passage", "how"]
+    header = ["stage", "median_ms", "p95_ms", "queries_timed", "device", "threads", "precision", "cpu_capability",
+              "index_bytes_per_passage", "how"]
     return header, [[name, _fmt(median, 3), _fmt(p95, 3), _count(timed), device or "", _count(threads),
-                     _fmt(size, 1), how] for name, median, p95, timed, device, threads, size, how in stages]
+                     record.get("precision", ""), record.get("cpu_capability", ""), _fmt(size, 1), how]
+                    for name, median, p95, timed, device, threads, record, size, how in stages]
 
 
 def _count(value: int | None) -> str:
@@ -149,13 +152,16 @@ def build_table3(spec: dict, results: Path) -> tuple[list[str], list[list[str]]]
     return header, rows
 
 
-def _seconds_per_step(results: Path, run: str) -> float | None:
-    """Median wall time of one optimisation step, from the student's loss log (None without one)."""
+def _training_cost(results: Path, run: str) -> tuple[float | None, str]:
+    """Median wall time of one optimisation step and the precision(s) it ran in, from the student's loss log."""
     path = Path(results) / "training" / f"{run}.losses.csv"
     if not path.exists():
-        return None
-    seconds = pd.read_csv(path).get("seconds")
-    return None if seconds is None or seconds.dropna().empty else float(seconds.median())
+        return None, ""
+    log = pd.read_csv(path)
+    seconds = log.get("seconds")
+    median = None if seconds is None or seconds.dropna().empty else float(seconds.median())
+    precisions = "/".join(dict.fromkeys(log["precision"].dropna())) if "precision" in log else ""
+    return median, precisions
 
 
 def build_table4(spec: dict, columns: list[dict], results: Path,
@@ -164,7 +170,7 @@ def build_table4(spec: dict, columns: list[dict], results: Path,
     each strategy against `baseline` on the first column (`*` marks p < level in every column)."""
     names = [f"{c['split']}/{c['measure']}" for c in columns]
     baseline = spec["baseline"]
-    header = ["strategy", "student", *names, "s_per_step", f"p vs {baseline} ({names[0]})"]
+    header = ["strategy", "student", *names, "s_per_step", "precision", f"p vs {baseline} ({names[0]})"]
     rows = []
     for label, run in spec["strategies"].items():
         cells = []
@@ -175,7 +181,8 @@ def build_table4(spec: dict, columns: list[dict], results: Path,
             cells.append(_fmt(value) + ("*" if p < level else ""))
         first = "" if run == baseline else _fmt(paired_p_value(results, run, baseline, columns[0]["split"],
                                                                 columns[0]["measure"]))
-        rows.append([label, run, *cells, _fmt(_seconds_per_step(results, run), 3), first])
+        seconds, precision = _training_cost(results, run)
+        rows.append([label, run, *cells, _fmt(seconds, 3), precision, first])
     return header, rows
 
 
@@ -189,7 +196,8 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
         header, rows = build_table2(spec["table2"], results)
         _write(Path(out_dir) / "table2_latency.tsv", "Table 2 - latency per query", header, rows,
                ["Medians and 95th percentiles over single queries (the first `queries_timed` of the split), "
-                "measured by each stage on the device named. index_bytes_per_passage: the pooled Faiss index "
+                "measured by each stage on the device named, in the precision named (cpu_capability: the vector "
+                "ISA PyTorch's CPU kernels ran). index_bytes_per_passage: the pooled Faiss index "
                 "against ColBERT's token index."])
     if spec.get("table3"):
         header, rows = build_table3(spec["table3"], results)
@@ -200,7 +208,8 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
         header, rows = build_table4(spec["table4"], spec["columns"], results)
         _write(Path(out_dir) / "table4_distillation.tsv", "Table 4 - distillation strategies", header, rows,
                [f"`*`: paired two-sided t-test over queries against {spec['table4']['baseline']}, p < 0.05. "
-                "s_per_step: median seconds per optimisation step on this machine, teacher included."])
+                "s_per_step: median seconds per optimisation step on this machine, teacher included, in the "
+                "precision named."])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,8 @@ OUT = f"results/{DS}"
 LOGS = f"logs/{DS}"
 BENCH = f"{OUT}/benchmarks"
 SPARSE_RUNS = config["bm25"]["runs"]
-VARIANTS = config["student"]["variants"]
+# A profile removes an inherited variant with `name: null`.
+VARIANTS = {name: variant for name, variant in config["student"]["variants"].items() if variant is not None}
 PUBLISHED = config["dense"]["published"]
 D2Q = config["doc2query"]
 DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
@@ -261,8 +262,9 @@ def doc2query_generate_options():
     generate = D2Q["generate"]
     args = ["--shards", generate["shards"], "--n-samples", generate["samples"], "--top-k", generate["top_k"],
             "--batch-size", generate["batch_size"], "--max-source-length", generate["max_source_length"],
-            "--max-target-length", generate["max_target_length"], "--seed", generate["seed"]]
-    return [str(a) for a in args] + (["--bf16"] if generate["bf16"] else [])
+            "--max-target-length", generate["max_target_length"], "--seed", generate["seed"],
+            "--precision", generate["precision"]]
+    return [str(a) for a in args]
 
 
 def dense_model(wildcards):

@@ -17,7 +17,7 @@ rule encode_corpus:
         shards=config["dense"]["shards"],
         dtype=config["dense"]["dtype"],
         batch_size=config["dense"]["batch_size"],
-        bf16="--bf16" if config["dense"]["bf16"] else "",
+        precision=config["dense"]["precision"],
     threads: 2
     resources:
         gpu=1,
@@ -28,7 +28,7 @@ rule encode_corpus:
     shell:
         "python -m pipeline.dense.encode --model {params.model:q} --collection {input.collection} --out {output}"
         " --shard {wildcards.shard} --shards {params.shards} --dtype {params.dtype} --batch-size {params.batch_size}"
-        " {params.bf16} > {log} 2>&1"
+        " --precision {params.precision} > {log} 2>&1"
 
 
 rule build_index:
@@ -94,7 +94,7 @@ rule encode_queries:
         f"{BENCH}/encode_queries.{{model}}.{{split}}.tsv"
     params:
         model=dense_model_spec,
-        bf16="--bf16" if config["dense"]["bf16"] else "",
+        precision=config["dense"]["precision"],
         latency_queries=config["dense"]["latency_queries"],
     threads: 1
     resources:
@@ -105,7 +105,7 @@ rule encode_queries:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline.dense.queries --model {params.model:q} --queries {input.queries} --out {output}"
-        " {params.bf16} --latency-queries {params.latency_queries} > {log} 2>&1"
+        " --precision {params.precision} --latency-queries {params.latency_queries} > {log} 2>&1"
 
 
 rule dense_run:
@@ -149,7 +149,7 @@ rule encode_tokens:
     params:
         shards=config["rerank"]["shards"],
         batch_size=config["dense"]["batch_size"],
-        bf16="--bf16" if config["dense"]["bf16"] else "",
+        precision=config["rerank"]["precision"],
     threads: 2
     resources:
         gpu=1,
@@ -159,7 +159,7 @@ rule encode_tokens:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline.dense.tokens --model {input.model} --collection {input.collection} --out {output}"
-        " --shard {wildcards.shard} --shards {params.shards} --batch-size {params.batch_size} {params.bf16}"
+        " --shard {wildcards.shard} --shards {params.shards} --batch-size {params.batch_size} --precision {params.precision}"
         " > {log} 2>&1"
 
 

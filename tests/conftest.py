@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def hang_guard(seconds: float) -> float:
+    """A subprocess time-out that only catches hangs, never measures speed.
+
+    `seconds` is at least 3x the step's duration on the slowest CPU we support (2 AVX2 cores, fp32, one
+    core busy with something else); PIPELINE_TEST_TIMEOUT_SCALE multiplies every such guard on a slower
+    or busier machine (CI can raise it in one place).
+    """
+    return seconds * float(os.environ.get("PIPELINE_TEST_TIMEOUT_SCALE", "1"))
 
 
 def shared_data(*parts: str) -> Path:
@@ -36,26 +47,33 @@ def make_tiny_bert(directory: Path, dropout: float = 0.0, seed: int = 0, hidden_
     return directory
 
 
-def small_demo_overlay(workdir: Path) -> Path:
+def small_demo_overlay(workdir: Path, table4: bool = False) -> Path:
     """Settings over profiles/demo/workflow.yaml for a small whole-DAG run (400 passages, a tiny random BERT,
-    3 training steps, a tiny T5), written to `workdir`/overlay.yaml for the workflow and cluster tests."""
+    3 training steps, a tiny T5), written to `workdir`/overlay.yaml for the workflow and cluster tests.
+    With `table4`, the three students and the table that the demo profile switches off come back, from
+    config.yaml."""
     import yaml
 
     tiny = make_tiny_bert(workdir / "tiny-bert")
-    loop = {"steps": 3, "batch_size": 4, "lr": 1.0e-4, "warmup_steps": 1, "checkpoint_every": 2, "bf16": False}
+    loop = {"steps": 3, "batch_size": 4, "lr": 1.0e-4, "warmup_steps": 1, "checkpoint_every": 2, "precision": "auto"}
     settings = {
         "dataset": {"synthetic": {"passages": 400, "train": 60, "dev": 40, "dl": 8}},
         "bm25": {"latency_queries": 5}, "model": {"backbone": str(tiny)},
         "teacher": {"train": loop}, "student": {"train": loop},
-        "dense": {"latency_queries": 5, "bf16": False, "index": {"kind": "flat", "nlist": 8, "pq_m": 8}},
+        "dense": {"latency_queries": 5, "precision": "auto", "index": {"kind": "flat", "nlist": 8, "pq_m": 8}},
         "rerank": {"depth": 20},
         "fusion": {"tune_queries": 30, "grid": {"start": 0.0, "stop": 1.0, "step": 0.1}},
         "doc2query": {"n_queries": 2, "generate": {"samples": 2, "max_target_length": 6},
                       "train": {"size": {"d_model": 16, "heads": 2, "d_ff": 32, "encoder_layers": 1,
                                          "decoder_layers": 1},
                                 "loop": {"steps": 3, "batch_size": 4, "checkpoint_every": 2}}}}
+    if table4:
+        paper = yaml.safe_load((workdir / "config.yaml").read_text())
+        settings["student"]["variants"] = {name: paper["student"]["variants"][name]
+                                           for name in ("tct_margin", "tct_embed", "tct_generated")}
+        settings["table4"] = paper["table4"]
     path = workdir / "overlay.yaml"
-    path.write_text(yaml.safe_dump(settings))
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))  # Table 4's rows keep their order
     return path
 
 

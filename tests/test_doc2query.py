@@ -149,7 +149,8 @@ def test_expansion_lets_bm25_find_the_passage(tmp_path, collection):
 
 # -- generation -----------------------------------------------------------------------------------
 
-GEN = {"n_samples": 3, "batch_size": 2, "max_source_length": 32, "max_target_length": 8, "seed": 7}
+GEN = {"n_samples": 3, "batch_size": 2, "max_source_length": 32, "max_target_length": 8, "seed": 7,
+       "precision": "fp32"}
 
 
 def test_generation_is_seeded_and_gives_n_queries_per_passage(tiny_t5, collection, tmp_path):

@@ -31,7 +31,8 @@ def teacher_dir(tmp_path_factory):
 def test_token_shards_keep_only_maxsim_tokens(teacher_dir):
     shards = [teacher_dir / f"tok-{i}" for i in range(3)]
     for i, shard in enumerate(shards):
-        encode_tokens(str(teacher_dir / "teacher"), teacher_dir / "collection.tsv", shard, i, 3, "float32")
+        encode_tokens(str(teacher_dir / "teacher"), teacher_dir / "collection.tsv", shard, i, 3, "float32",
+                      precision="fp32")
     manifests = [read_manifest(s) for s in shards]
     assert sum(m["count"] for m in manifests) == len(PASSAGES)
     offsets = np.load(shards[0] / "offsets.npy")
@@ -43,7 +44,8 @@ def test_token_shards_keep_only_maxsim_tokens(teacher_dir):
 def test_rerank_equals_teacher_scores_on_the_candidates(teacher_dir, tmp_path):
     shards = [teacher_dir / f"tok2-{i}" for i in range(2)]
     for i, shard in enumerate(shards):
-        encode_tokens(str(teacher_dir / "teacher"), teacher_dir / "collection.tsv", shard, i, 2, "float32")
+        encode_tokens(str(teacher_dir / "teacher"), teacher_dir / "collection.tsv", shard, i, 2, "float32",
+                      precision="fp32")
     record = colbert_rerank(str(teacher_dir / "teacher"), shards, teacher_dir / "queries.tsv",
                             teacher_dir / "bm25.trec", tmp_path / "rerank.trec", depth=3, latency_queries=2)
     run = read_run(tmp_path / "rerank.trec")

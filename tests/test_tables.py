@@ -90,13 +90,15 @@ def test_table4_strategies_cost_per_step_and_paired_test(tmp_path):
                            "same": lambda q: ["b", "a"] if q % 3 else ["a", "b"]})
     (tmp_path / "training").mkdir()
     (tmp_path / "training" / "better.losses.csv").write_text(
-        "step,loss,lr,grad_norm,seconds\n1,2.0,1e-5,1.0,1.5\n2,1.0,1e-5,1.0,0.5\n3,0.5,1e-5,1.0,0.7\n")
+        "step,loss,lr,grad_norm,seconds,precision,cpu_capability\n1,2.0,1e-5,1.0,1.5,fp32,AVX2\n"
+        "2,1.0,1e-5,1.0,0.5,fp32,AVX2\n3,0.5,1e-5,1.0,0.7,bf16,AVX512\n")  # resumed on another machine
     spec = {"baseline": "base", "strategies": {"KL": "base", "Margin-MSE": "better", "Same": "same"}}
     header, rows = build_table4(spec, [{"split": "dev", "measure": "RR@10"}], tmp_path)
-    assert header == ["strategy", "student", "dev/RR@10", "s_per_step", "p vs base (dev/RR@10)"]
+    assert header == ["strategy", "student", "dev/RR@10", "s_per_step", "precision", "p vs base (dev/RR@10)"]
     table = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
     assert table["KL"]["dev/RR@10"] == "0.6667" and table["KL"]["p vs base (dev/RR@10)"] == ""
     assert table["Margin-MSE"]["dev/RR@10"] == "1.0000*" and table["Margin-MSE"]["s_per_step"] == "0.700"
+    assert table["Margin-MSE"]["precision"] == "fp32/bf16" and table["KL"]["precision"] == ""
     assert float(table["Margin-MSE"]["p vs base (dev/RR@10)"]) < 0.05
     assert table["Same"]["p vs base (dev/RR@10)"] == "1.0000" and table["Same"]["s_per_step"] == ""
 
@@ -106,10 +108,12 @@ def test_table2_stages_devices_and_index_sizes(tmp_path):
     runs.mkdir()
     encoded.mkdir(parents=True)
     (encoded / "manifest.json").write_text(json.dumps(
-        {"latency_ms_median": 3.0, "latency_ms_p95": 4.0, "latency_queries": 50, "device": "GPU X", "threads": 8}))
+        {"latency_ms_median": 3.0, "latency_ms_p95": 4.0, "latency_queries": 50, "device": "GPU X", "threads": 8,
+         "precision": "bf16", "cpu_capability": "AVX512"}))
     latencies = {
         "tct": {"index": "flat", "hits": 1000, "search_ms_median": 10.0, "search_ms_p95": 12.5, "latency_queries": 50,
-                "device_name": "GPU X", "threads": 8, "index_bytes_per_passage": 1536.0, "latency_ms_median": 13.0},
+                "device_name": "GPU X", "threads": 8, "index_bytes_per_passage": 1536.0, "latency_ms_median": 13.0,
+                "precision": "fp16", "cpu_capability": "AVX512"},
         "bm25": {"hits": 1000, "latency_ms_median": 20.0, "latency_ms_p95": 30.0, "latency_queries": 50,
                  "device": "CPU Y", "latency_threads": 1},
         "tct+bm25": {"fusion_ms_median": 0.5, "fusion_ms_p95": 0.75, "latency_queries": 50, "device": "CPU Y",
@@ -123,7 +127,10 @@ def test_table2_stages_devices_and_index_sizes(tmp_path):
     table = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
     assert table["query encoder (batch 1)"] == {
         "stage": "query encoder (batch 1)", "median_ms": "3.000", "p95_ms": "4.000", "queries_timed": "50",
-        "device": "GPU X", "threads": "8", "index_bytes_per_passage": "", "how": "torch"}
+        "device": "GPU X", "threads": "8", "precision": "bf16", "cpu_capability": "AVX512",
+        "index_bytes_per_passage": "", "how": "torch"}
+    assert table["dense search (flat, k=1000)"]["precision"] == "fp16"
+    assert table["sparse search (bm25, k=1000)"]["precision"] == ""
     assert table["dense search (flat, k=1000)"]["index_bytes_per_passage"] == "1536.0"
     assert table["sparse search (bm25, k=1000)"]["threads"] == "1"
     assert table["fusion (Eq. 7)"]["p95_ms"] == "0.750"

@@ -19,7 +19,7 @@ from pipeline.train.batches import TripleBatches, read_teacher_scores
 from pipeline.train.loop import LoopConfig
 from pipeline.train.student import read_generated, train_student
 from pipeline.train.teacher import train_teacher
-from tests.conftest import ROOT, make_tiny_bert, make_triples_dataset
+from tests.conftest import ROOT, hang_guard, make_tiny_bert, make_triples_dataset
 
 CFG = LoopConfig(steps=12, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=4)
 
@@ -88,7 +88,7 @@ def test_student_starts_from_the_chosen_weights(setup, init):
 
 def test_bf16_autocast_training_runs_and_logs_finite_losses(setup):
     root, data = setup
-    cfg = LoopConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=1, checkpoint_every=100, bf16=True)
+    cfg = LoopConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=1, checkpoint_every=100, precision="bf16")
     train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / "bf16",
                   root / "ck_bf16", root / "bf16.csv", cfg)
     curve = losses(root / "bf16.csv")
@@ -107,7 +107,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(setup):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     steps = 400
     subprocess.run([sys.executable, *student_command(root, data, "whole", steps, "--checkpoint-every", "10")],
-                   check=True, env=env, capture_output=True, timeout=600)
+                   check=True, env=env, capture_output=True, timeout=hang_guard(600))
     victim = subprocess.Popen([sys.executable, *student_command(root, data, "killed", steps,
                                                                 "--checkpoint-every", "10")],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -118,7 +118,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(setup):
     victim.wait()
     assert not (root / "killed").exists(), "the run finished before it could be killed"
     subprocess.run([sys.executable, *student_command(root, data, "killed", steps, "--checkpoint-every", "10")],
-                   check=True, env=env, capture_output=True, timeout=600)
+                   check=True, env=env, capture_output=True, timeout=hang_guard(600))
     whole, resumed = weights(root / "whole"), weights(root / "killed")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert losses(root / "whole.csv") == losses(root / "killed.csv")
@@ -158,14 +158,14 @@ def test_two_process_torchrun_matches_single_process_accumulation(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     subprocess.run([*torchrun, *student_command(tmp_path, data, "ddp", 6)], check=True, env=env,
-                   capture_output=True, timeout=600)
+                   capture_output=True, timeout=hang_guard(600))
     subprocess.run([sys.executable, *student_command(tmp_path, data, "single", 6, "--accumulation", "2")],
-                   check=True, env=env, capture_output=True, timeout=600)
+                   check=True, env=env, capture_output=True, timeout=hang_guard(600))
     assert losses(tmp_path / "ddp.csv") == pytest.approx(losses(tmp_path / "single.csv"), abs=1e-5)
     ddp, single = weights(tmp_path / "ddp"), weights(tmp_path / "single")
     assert all(torch.allclose(ddp[k], single[k], atol=1e-5) for k in ddp)
     subprocess.run([*torchrun, *student_command(tmp_path, data, "gathered", 3, "--gather")], check=True,
-                   env=env, capture_output=True, timeout=600)
+                   env=env, capture_output=True, timeout=hang_guard(600))
     assert len(losses(tmp_path / "gathered.csv")) == 3
 
 
@@ -178,7 +178,7 @@ def test_killed_two_process_run_resumes_every_rank_where_it_stopped(setup, tmp_p
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     steps, every = "80", "10"
     subprocess.run([*torchrun, *student_command(tmp_path, data, "whole", int(steps), "--checkpoint-every", every)],
-                   check=True, env=env, capture_output=True, timeout=600, cwd=root)
+                   check=True, env=env, capture_output=True, timeout=hang_guard(600), cwd=root)
     command = [*torchrun, *student_command(tmp_path, data, "killed", int(steps), "--checkpoint-every", every)]
     victim = subprocess.Popen(command, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
@@ -188,7 +188,7 @@ def test_killed_two_process_run_resumes_every_rank_where_it_stopped(setup, tmp_p
     os.killpg(victim.pid, signal.SIGKILL)  # torchrun and both ranks
     victim.wait()
     assert not (tmp_path / "killed").exists(), "the run finished before it could be killed"
-    subprocess.run(command, check=True, env=env, capture_output=True, timeout=600, cwd=root)
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=hang_guard(600), cwd=root)
     whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "killed")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert losses(tmp_path / "whole.csv") == losses(tmp_path / "killed.csv")

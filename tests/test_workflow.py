@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.io import read_triples
-from tests.conftest import ROOT, small_demo_overlay
+from tests.conftest import ROOT, hang_guard, small_demo_overlay
 
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs"]
 
@@ -26,11 +26,12 @@ def workdir(tmp_path) -> Path:
     return tmp_path
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Snakemake in `workdir`; the default guard fits dry runs and lint (seconds each)."""
     # Rules run `python -m pipeline...`: put this interpreter's environment first on PATH.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=hang_guard(timeout), env=env)
 
 
 def overlay(workdir: Path, settings: dict) -> str:
@@ -124,10 +125,12 @@ def test_lint_is_clean(workdir):
 
 @pytest.mark.slow
 def test_small_demo_dag_end_to_end(workdir):
-    """The demo profile's whole DAG on a small synthetic set with a tiny random BERT."""
-    small = str(small_demo_overlay(workdir))
+    """The demo profile's whole DAG on a small synthetic set with a tiny random BERT, Table 4 included.
+
+    About 4 minutes on 2 cores; the guard allows 30."""
+    small = str(small_demo_overlay(workdir, table4=True))
     result = snakemake(workdir, "--profile", "profiles/demo", "--configfile", "config.yaml",
-                       "profiles/demo/workflow.yaml", small)
+                       "profiles/demo/workflow.yaml", small, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (workdir / "results" / "table1.tsv").read_text().splitlines()
     header = lines[0].split("\t")

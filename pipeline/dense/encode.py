@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline import precision as amp_precision
 from pipeline.cli import run_stage
-from pipeline.dense.runtime import autocast_context, model_fingerprint
+from pipeline.dense.runtime import model_fingerprint
 from pipeline.io import (
     EMBEDDINGS_FILE,
     IDS_FILE,
@@ -42,7 +43,7 @@ WINDOW = 50_000  # passages tokenised at a time
 
 
 def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shards: int = 1,
-                  dtype: str = "float16", batch_size: int = 64, bf16: bool = False) -> dict:
+                  dtype: str = "float16", batch_size: int = 64, precision: str = "auto") -> dict:
     """Encode shard `shard` of `shards` of `collection` with `model`; returns the shard manifest."""
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32, not {dtype}")
@@ -58,6 +59,7 @@ def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shard
             log.warning("re-encoding %s: %s", out, err)
     ids, texts = read_collection_shard(collection, shard, shards)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = amp_precision.resolve_and_log(precision, device, "encode_corpus")
     encoder.to(device).eval()
     dims = encoder.bert.config.hidden_size
     started = time.perf_counter()
@@ -65,7 +67,7 @@ def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shard
         vectors = np.lib.format.open_memmap(staging / EMBEDDINGS_FILE, mode="w+", dtype=dtype,
                                             shape=(len(ids), dims))
         progress = tqdm(total=len(ids), desc=f"encode shard {shard}", unit="passage", mininterval=5)
-        with torch.inference_mode(), autocast_context(device, bf16), progress:
+        with torch.inference_mode(), amp_precision.autocast(device, resolved), progress:
             # Tokenised a window at a time (token lists of a 1M-passage shard would take ~15 GB), sorted by
             # length within the window so that each batch pads to its own longest, written back in order.
             for window in range(0, len(texts), WINDOW):
@@ -88,7 +90,8 @@ def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shard
                     "pool_start": encoder.conv.pool_start, "doc_length": encoder.conv.doc_length, "dims": dims,
                     "dtype": dtype, "count": len(ids), "ids_checksum": ids_checksum(ids), "shard": shard,
                     "shards": shards, "seconds": round(seconds, 3),
-                    "passages_per_second": round(len(ids) / seconds, 2) if seconds else None}
+                    "passages_per_second": round(len(ids) / seconds, 2) if seconds else None,
+                    "threads": torch.get_num_threads(), **amp_precision.describe(resolved)}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -102,11 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--bf16", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16")
+    amp_precision.add_precision_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     manifest = encode_corpus(args.model, args.collection, args.out, args.shard, args.shards, args.dtype,
-                             args.batch_size, args.bf16)
+                             args.batch_size, args.precision)
     log.info("shard %d/%d: %d passages, %s passages/s", args.shard, args.shards, manifest["count"],
              manifest["passages_per_second"])
 

@@ -3,7 +3,8 @@
     python -m pipeline.dense.index --shards resources/D/embeddings/M/shard-* --collection resources/D/collection.tsv \
         --out resources/D/indexes/dense-M --kind flat
 
-Shards are streamed in order in blocks, so peak memory stays near the size of the index itself.
+Shards are streamed in order in blocks and their ids held only as the docid file's lines, so peak
+memory stays near the size of the index itself (benchmarks/build_index.py measures it).
 The output directory holds `index` and `docid` (the layout pyserini's FaissSearcher reads) and a
 manifest with the model, dimensions and a checksum of the ids, checked against the collection.
 """
@@ -26,14 +27,15 @@ from pipeline.io import (
     InputFormatError,
     atomic_directory,
     atomic_output,
-    ids_checksum,
+    lines_checksum,
     open_shard,
     read_collection,
 )
 
 log = logging.getLogger(__name__)
 KINDS = ("flat", "hnsw", "ivfpq")
-BLOCK = 16384  # rows read and converted to float32 at a time
+BLOCK = 16384  # rows read and converted to float32 at a time for index.add (HNSW's graph depends on it)
+FLAT_BLOCK = 1024  # rows read at a time into the flat index: a small buffer, as the copy is all there is to do
 
 
 def _empty_index(kind: str, dims: int, params: dict) -> faiss.Index:
@@ -49,31 +51,33 @@ def _empty_index(kind: str, dims: int, params: dict) -> faiss.Index:
                             faiss.METRIC_INNER_PRODUCT)
 
 
-def _blocks(path: Path) -> Iterator[np.ndarray]:
-    """A shard's vectors BLOCK rows at a time, read from the file (not memory-mapped, so that pages already
-    copied into the index do not stay resident)."""
+def _blocks(path: Path, rows: int) -> Iterator[np.ndarray]:
+    """A shard's vectors `rows` rows at a time, read from the file (not memory-mapped, so that pages already
+    copied into the index do not stay resident) into one buffer: each block is overwritten by the next, so
+    the block being read and the one just consumed are never both alive."""
     with open(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = header(handle)
         if fortran_order or len(shape) != 2:
             raise InputFormatError(path, None, "a 2-d array in C order", f"shape {shape}, fortran {fortran_order}")
-        remaining = shape[0]
-        while remaining:
-            rows = min(BLOCK, remaining)
-            yield np.fromfile(handle, dtype=dtype, count=rows * shape[1]).reshape(rows, shape[1])
-            remaining -= rows
+        buffer = np.empty((min(rows, shape[0]), shape[1]), dtype=dtype)
+        for start in range(0, shape[0], rows):
+            block = buffer[:min(rows, shape[0] - start)]
+            if handle.readinto(block) != block.nbytes:
+                raise InputFormatError(path, None, f"{shape[0]} rows of {shape[1]} {dtype}", "a shorter file")
+            yield block
 
 
 def _training_sample(opened: list, size: int, seed: int) -> np.ndarray:
     """A seeded sample of rows across all shards, for IVF-PQ's k-means and codebooks."""
-    total = sum(len(shard_ids) for _, shard_ids, _ in opened)
+    total = sum(len(vectors) for vectors, _, _ in opened)
     picks = np.sort(np.random.default_rng(seed).choice(total, size=min(total, size), replace=False))
     rows, offset = [], 0
-    for vectors, shard_ids, _ in opened:
-        local = picks[(picks >= offset) & (picks < offset + len(shard_ids))] - offset
+    for vectors, _, _ in opened:
+        local = picks[(picks >= offset) & (picks < offset + len(vectors))] - offset
         rows.append(np.asarray(vectors[local], dtype=np.float32))
-        offset += len(shard_ids)
+        offset += len(vectors)
     return np.concatenate(rows)
 
 
@@ -83,7 +87,9 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
     """Build the index from shards (in shard order); returns its manifest."""
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {KINDS}, not {kind!r}")
-    loaded = sorted(((Path(d), open_shard(d)) for d in shard_dirs), key=lambda item: item[1][2]["shard"])
+    # Each shard's ids are kept as their docid lines only: hashed here, written out as they are at the end.
+    loaded = sorted(((Path(d), open_shard(d, ids_as_lines=True)) for d in shard_dirs),
+                    key=lambda item: item[1][2]["shard"])
     shard_dirs, opened = [directory for directory, _ in loaded], [shard for _, shard in loaded]
     first = opened[0][2]
     for directory, (_, _, manifest) in zip(shard_dirs, opened, strict=True):
@@ -93,16 +99,16 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
                                        repr(manifest[key]))
     if [m["shard"] for _, _, m in opened] != list(range(first["shards"])):
         raise ValueError(f"expected shards 0..{first['shards'] - 1}, got {[m['shard'] for _, _, m in opened]}")
-    ids = [pid for _, shard_ids, _ in opened for pid in shard_ids]
-    expected = ids_checksum([pid for pid, _ in read_collection(collection)])
-    if ids_checksum(ids) != expected:
+    count, checksum = sum(len(vectors) for vectors, _, _ in opened), lines_checksum(lines for _, lines, _ in opened)
+    # The collection's pids streamed into the checksum: never a list of them beside the ids.
+    if lines_checksum(f"{pid}\n".encode() for pid, _ in read_collection(collection)) != checksum:
         raise InputFormatError(collection, None, "embedding ids equal to the collection's pids, in order",
-                               f"{len(ids)} ids whose checksum differs")
+                               f"{count} ids whose checksum differs")
     params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search, "nlist": nlist,
               "pq_m": pq_m, "pq_bits": pq_bits, "nprobe": nprobe}
-    if kind == "ivfpq" and len(ids) < max(nlist, 2 ** pq_bits):
+    if kind == "ivfpq" and count < max(nlist, 2 ** pq_bits):
         raise ValueError(f"IVF-PQ needs at least max(nlist, 2^pq_bits) = {max(nlist, 2 ** pq_bits)} vectors to "
-                         f"train, the collection has {len(ids)}: lower nlist / pq_bits or use a flat index")
+                         f"train, the collection has {count}: lower nlist / pq_bits or use a flat index")
     if kind == "ivfpq" and first["dims"] % pq_m:
         raise ValueError(f"IVF-PQ splits each vector into pq_m = {pq_m} parts: choose pq_m dividing the model's "
                          f"{first['dims']} dimensions")
@@ -113,11 +119,11 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
     if kind == "flat":
         # The flat index's storage allocated once at its final size and filled in place: adding block by
         # block would grow it by doubling, with old and new buffers alive together (up to 3x the vectors).
-        index.codes.resize(len(ids) * first["dims"] * 4)
+        index.codes.resize(count * first["dims"] * 4)
         flat = faiss.rev_swig_ptr(index.codes.data(), index.codes.size()).view(np.float32).reshape(-1, first["dims"])
     row = 0
     for directory in shard_dirs:  # in shard order
-        for block in _blocks(directory / EMBEDDINGS_FILE):
+        for block in _blocks(directory / EMBEDDINGS_FILE, BLOCK if flat is None else FLAT_BLOCK):
             if flat is None:
                 index.add(np.ascontiguousarray(block, dtype=np.float32))
             else:
@@ -126,13 +132,13 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
     if flat is not None:
         index.ntotal = row
     manifest = {key: first[key] for key in ("model", "model_fingerprint", "pooling", "dims")}
-    manifest.update({"count": len(ids), "ids_checksum": ids_checksum(ids), "kind": kind, "params": params,
+    manifest.update({"count": count, "ids_checksum": checksum, "kind": kind, "params": params,
                      "shards": first["shards"], "dtype": "float32"})
     with atomic_directory(out) as staging:
         faiss.write_index(index, str(staging / "index"))
-        with atomic_output(staging / "docid") as handle:
-            handle.writelines(pid + "\n" for pid in ids)
-        manifest["bytes_per_passage"] = round((staging / "index").stat().st_size / max(len(ids), 1), 1)
+        with atomic_output(staging / "docid", "wb") as handle:
+            handle.writelines(lines for _, lines, _ in opened)
+        manifest["bytes_per_passage"] = round((staging / "index").stat().st_size / max(count, 1), 1)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import precision as amp_precision
 from pipeline.cli import run_stage
-from pipeline.dense.runtime import autocast_context, device_name, model_fingerprint
+from pipeline.dense.runtime import device_name, model_fingerprint
 from pipeline.io import (
     EMBEDDINGS_FILE,
     IDS_FILE,
@@ -34,16 +35,17 @@ from pipeline.timing import time_each
 log = logging.getLogger(__name__)
 
 
-def encode_queries(model: str, queries_path: Path, out: Path, batch_size: int = 128, bf16: bool = False,
+def encode_queries(model: str, queries_path: Path, out: Path, batch_size: int = 128, precision: str = "auto",
                    latency_queries: int = 200) -> dict:
     """Encode every query of `queries_path`; returns the manifest written into `out`."""
     encoder = BiEncoder.load_any(model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = amp_precision.resolve_and_log(precision, device, "encode_queries")
     encoder.to(device).eval()
     queries = read_queries(queries_path)
     ids, texts = list(queries), list(queries.values())
     chunks = []
-    with torch.inference_mode(), autocast_context(device, bf16):
+    with torch.inference_mode(), amp_precision.autocast(device, resolved):
         for start in range(0, len(texts), batch_size):
             chunks.append(encoder.encode_queries(texts[start:start + batch_size]).float().cpu().numpy())
         latency = time_each(texts[:latency_queries], lambda text: encoder.encode_queries([text]).float().cpu())
@@ -51,7 +53,7 @@ def encode_queries(model: str, queries_path: Path, out: Path, batch_size: int = 
     manifest = {"model": model, "model_fingerprint": model_fingerprint(model), "pooling": "mean",
                 "dims": int(vectors.shape[1]), "dtype": "float32", "count": len(ids), "ids_checksum": ids_checksum(ids),
                 "queries": str(queries_path), "device": device_name(device), "threads": torch.get_num_threads(),
-                **latency}
+                **amp_precision.describe(resolved), **latency}
     with atomic_directory(out) as staging:
         np.save(staging / EMBEDDINGS_FILE, vectors)
         write_ids(staging / IDS_FILE, ids)
@@ -65,11 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--bf16", action="store_true")
+    amp_precision.add_precision_argument(parser)
     parser.add_argument("--latency-queries", type=int, default=200)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    manifest = encode_queries(args.model, args.queries, args.out, args.batch_size, args.bf16, args.latency_queries)
+    manifest = encode_queries(args.model, args.queries, args.out, args.batch_size, args.precision,
+                              args.latency_queries)
     log.info("%d queries; encoder latency %s ms (median, batch 1)", manifest["count"], manifest["latency_ms_median"])
 
 

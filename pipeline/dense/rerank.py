@@ -26,6 +26,7 @@ from pipeline.dense.runtime import device_name, model_fingerprint
 from pipeline.io import InputFormatError, atomic_output, read_ids, read_manifest, read_queries, read_run, write_run
 from pipeline.models.backbone import tokenize_queries
 from pipeline.models.colbert import ColBERT, maxsim
+from pipeline.precision import describe
 from pipeline.timing import time_each
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ def colbert_rerank(model: str, token_dirs: list[Path], queries_path: Path, candi
               "rerank_ms_p95": timing["latency_ms_p95"], "first_stage_ms_median": first,
               "latency_ms_median": (round(first + timing["latency_ms_median"], 3)
                                     if first is not None and timing["latency_ms_median"] is not None else None),
-              "token_index_bytes_per_passage": round(store.bytes / max(store.passages, 1), 1)}
+              "token_index_bytes_per_passage": round(store.bytes / max(store.passages, 1), 1),
+              **describe("fp32")}  # float16 token vectors, MaxSim computed in float32
     with atomic_output(Path(run_path).with_suffix(".latency.json")) as out:
         json.dump(record, out, indent=2)
     return record

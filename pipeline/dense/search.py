@@ -33,6 +33,7 @@ import torch
 from pipeline.cli import run_stage
 from pipeline.dense.runtime import device_name
 from pipeline.io import MANIFEST_FILE, InputFormatError, atomic_output, open_shard, read_manifest, write_run
+from pipeline.precision import describe
 from pipeline.timing import time_each
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ def dense_search(index_dir: Path, queries_dir: Path, run_path: Path, hits: int =
               "index_bytes_per_passage": index_manifest.get("bytes_per_passage"),
               "search_shards": len(searcher.bounds),
               "batch_seconds": round(batch_seconds, 3), "search_ms_median": search["latency_ms_median"],
-              "search_ms_p95": search["latency_ms_p95"], "encoder_ms_median": query_manifest.get("latency_ms_median")}
+              "search_ms_p95": search["latency_ms_p95"], "encoder_ms_median": query_manifest.get("latency_ms_median"),
+              **describe("fp16" if fp16 and searcher.device == "gpu" else "fp32")}
     parts = [timing["search_ms_median"], timing["encoder_ms_median"]]
     timing["latency_ms_median"] = round(sum(parts), 3) if None not in parts else None
     with atomic_output(Path(run_path).with_suffix(".latency.json")) as out:

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline import precision as amp_precision
 from pipeline.cli import run_stage
-from pipeline.dense.runtime import autocast_context, model_fingerprint
+from pipeline.dense.runtime import model_fingerprint
 from pipeline.io import IDS_FILE, MANIFEST_FILE, atomic_directory, ids_checksum, read_collection_shard, write_ids
 from pipeline.models.backbone import tokenize_passages
 from pipeline.models.colbert import ColBERT
@@ -31,15 +32,16 @@ TOKENS_FILE, OFFSETS_FILE = "tokens.npy", "offsets.npy"
 
 
 def encode_tokens(model: str, collection: Path, out: Path, shard: int = 0, shards: int = 1,
-                  dtype: str = "float16", batch_size: int = 64, bf16: bool = False) -> dict:
+                  dtype: str = "float16", batch_size: int = 64, precision: str = "auto") -> dict:
     """Write the token embeddings of shard `shard` of `shards`; returns the manifest."""
     teacher = ColBERT.load(Path(model))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = amp_precision.resolve_and_log(precision, device, "encode_tokens")
     teacher.to(device).eval()
     ids, texts = read_collection_shard(collection, shard, shards)
     per_passage: list[np.ndarray] = [np.empty((0, teacher.linear.out_features), dtype=dtype)] * len(ids)
     started = time.perf_counter()
-    with torch.inference_mode(), autocast_context(device, bf16):
+    with torch.inference_mode(), amp_precision.autocast(device, resolved):
         for start in tqdm(range(0, len(texts), batch_size), desc=f"tokens shard {shard}", mininterval=5):
             tokens = tokenize_passages(teacher.tokenizer, texts[start:start + batch_size], teacher.conv).to(device)
             embeddings, mask = teacher.doc_embeddings(tokens["input_ids"], tokens["attention_mask"])
@@ -57,7 +59,7 @@ def encode_tokens(model: str, collection: Path, out: Path, shard: int = 0, shard
                     "ids_checksum": ids_checksum(ids), "shard": shard, "shards": shards,
                     "bytes_per_passage": round(int(offsets[-1]) * teacher.linear.out_features
                                                * np.dtype(dtype).itemsize / max(len(ids), 1), 1),
-                    "seconds": round(time.perf_counter() - started, 3)}
+                    "seconds": round(time.perf_counter() - started, 3), **amp_precision.describe(resolved)}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -71,11 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--bf16", action="store_true")
+    amp_precision.add_precision_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     manifest = encode_tokens(args.model, args.collection, args.out, args.shard, args.shards, args.dtype,
-                             args.batch_size, args.bf16)
+                             args.batch_size, args.precision)
     log.info("shard %d: %d passages, %d tokens, %.0f bytes/passage", args.shard, manifest["count"],
              manifest["tokens"], manifest["bytes_per_passage"])
 

@@ -32,8 +32,9 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
+from pipeline import precision as amp_precision
 from pipeline.cli import run_stage
-from pipeline.dense.runtime import autocast_context, model_fingerprint
+from pipeline.dense.runtime import model_fingerprint
 from pipeline.doc2query.model import encode_sources, load_seq2seq
 from pipeline.doc2query.predictions import format_prediction
 from pipeline.io import atomic_output, clean_text, ids_checksum, read_collection_shard
@@ -51,7 +52,8 @@ def batch_seed(seed: int, shard: int, batch: int) -> int:
 
 
 def sample_queries(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, passages: list[str], n_samples: int,
-                   top_k: int, max_source_length: int, max_target_length: int, bf16: bool = False) -> list[list[str]]:
+                   top_k: int, max_source_length: int, max_target_length: int,
+                   precision: str = "fp32") -> list[list[str]]:
     """`n_samples` queries per passage by pure top-k sampling (docTTTTTquery: k = 10, 64 target tokens).
 
     Our own decoding loop rather than `generate()`: that one samples with a multinomial over the
@@ -60,7 +62,7 @@ def sample_queries(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     """
     tokens = encode_sources(tokenizer, passages, max_source_length).to(model.device)
     config = model.config
-    with autocast_context(model.device, bf16):
+    with amp_precision.autocast(model.device, precision):
         encoded = model.get_encoder()(**tokens).last_hidden_state
         # Each passage's encoding once per sample, the rows of a passage adjacent.
         encoder_outputs = BaseModelOutput(last_hidden_state=encoded.repeat_interleave(n_samples, dim=0))
@@ -109,15 +111,19 @@ def _resume(partial: Path, settings_file: Path, settings: dict, ids: list[str], 
 
 def generate_queries(model: str, collection: Path, out: Path, shard: int = 0, shards: int = 1, n_samples: int = 40,
                      top_k: int = 10, max_source_length: int = 512, max_target_length: int = 64, batch_size: int = 8,
-                     seed: int = 13, bf16: bool = False) -> dict:
+                     seed: int = 13, precision: str = "auto") -> dict:
     """Write `n_samples` predicted queries for each passage of shard `shard` of `shards`; returns the manifest."""
     if n_samples < 1 or top_k < 1 or batch_size < 1:
         raise ValueError("n_samples, top_k and batch_size must be positive")
     ids, texts = read_collection_shard(collection, shard, shards)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # The resolved precision, not the request: samples drawn in bf16 differ from fp32 ones, so a shard resumed
+    # on other hardware must not mix the two.
+    resolved = amp_precision.resolve_and_log(precision, device, "generate_doc2query")
     settings = {"model_fingerprint": model_fingerprint(model), "shard": shard, "shards": shards, "count": len(ids),
                 "ids_checksum": ids_checksum(ids), "n_samples": n_samples, "top_k": top_k,
                 "max_source_length": max_source_length, "max_target_length": max_target_length,
-                "batch_size": batch_size, "seed": seed, "bf16": bf16}
+                "batch_size": batch_size, "seed": seed, "precision": resolved}
     final = shard_path(out, shard)
     manifest_path = final.with_name(f"shard-{shard}.manifest.json")
     if final.is_file() and manifest_path.is_file():
@@ -134,21 +140,20 @@ def generate_queries(model: str, collection: Path, out: Path, shard: int = 0, sh
         log.info("resuming %s after %d of %d passages", partial, done, len(ids))
     started, generated = time.perf_counter(), len(ids) - done
     if generated:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         seq2seq.to(device).eval()
         with open(partial, "ab") as handle, torch.inference_mode():
             for start in tqdm(range(done, len(ids), batch_size), desc=f"doc2query shard {shard}", unit="batch",
                               initial=done // batch_size, total=math.ceil(len(ids) / batch_size), mininterval=5):
                 torch.manual_seed(batch_seed(seed, shard, start // batch_size))
                 queries = sample_queries(seq2seq, tokenizer, texts[start:start + batch_size], n_samples, top_k,
-                                         max_source_length, max_target_length, bf16)
+                                         max_source_length, max_target_length, resolved)
                 lines = map(format_prediction, ids[start:start + batch_size], queries)
                 handle.write("".join(lines).encode("utf-8"))
                 handle.flush()
                 os.fsync(handle.fileno())  # what the partial file holds survives a kill
     seconds = time.perf_counter() - started
     manifest = {"model": model, "settings": settings, "count": len(ids), "generated_this_run": generated,
-                "seconds": round(seconds, 3),
+                "seconds": round(seconds, 3), **amp_precision.describe(resolved),
                 "passages_per_second": round(generated / seconds, 3) if generated and seconds else None}
     with atomic_output(manifest_path) as handle:
         json.dump(manifest, handle, indent=2)
@@ -174,11 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-target-length", type=int, default=64, help="query tokens, eos included")
     parser.add_argument("--batch-size", type=int, default=8, help="passages per generate() call")
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU and CUDA)")
+    amp_precision.add_precision_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     generate_queries(args.model, args.collection, args.out, args.shard, args.shards, args.n_samples, args.top_k,
-                     args.max_source_length, args.max_target_length, args.batch_size, args.seed, args.bf16)
+                     args.max_source_length, args.max_target_length, args.batch_size, args.seed, args.precision)
 
 
 if __name__ == "__main__":

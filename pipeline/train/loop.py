@@ -1,7 +1,8 @@
 """The training loop shared by teacher and student.
 
 AdamW (no decay on biases and LayerNorm), linear warm-up then linear decay, gradient clipping,
-gradient accumulation, bf16 autocast, a progress bar, a CSV of losses, checkpoints every N steps
+gradient accumulation, mixed precision chosen from the hardware (`pipeline.precision`; fp16 with a
+GradScaler), a progress bar, a CSV of losses, checkpoints every N steps
 that a killed run resumes from, and DistributedDataParallel when started by torchrun.
 
 Global batch `batch_size` is the paper's batch: it is split into world_size x accumulation equal
@@ -29,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from pipeline import precision as amp_precision
 from pipeline.io import atomic_directory, atomic_output
 from pipeline.train.batches import Batch, TripleBatches
 
@@ -45,7 +47,7 @@ class LoopConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     accumulation: int = 1
-    bf16: bool = False
+    precision: str = "auto"
     seed: int = 13
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
@@ -132,11 +134,13 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor], b
                                                   else None) if ctx.world > 1 else model)
     optimizer = _optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
-    start = _resume(model, optimizer, scheduler, checkpoint_dir, identity, ctx)
+    precision = amp_precision.resolve_and_log(cfg.precision, ctx.device, desc)
+    scaler = amp_precision.grad_scaler(ctx.device, precision)
+    start = _resume(model, optimizer, scheduler, scaler, checkpoint_dir, identity, ctx)
     loss_path = checkpoint_dir / LOSS_FILE
     if ctx.main:
         _truncate_log(loss_path, start)
-    amp = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    hardware = amp_precision.describe(precision)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, disable=not ctx.main,
                mininterval=2)
     for step in bar:
@@ -144,16 +148,18 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor], b
         total = torch.zeros((), device=ctx.device)
         for accum in range(cfg.accumulation):
             micro = batches.micro_batch(step, ctx.rank * cfg.accumulation + accum, parts)
-            with amp:
+            with amp_precision.autocast(ctx.device, precision):
                 loss = loss_fn(module, micro) / cfg.accumulation
             if ctx.world > 1 and accum < cfg.accumulation - 1:
                 with module.no_sync():
-                    loss.backward()
+                    scaler.scale(loss).backward()
             else:
-                loss.backward()
+                scaler.scale(loss).backward()
             total += loss.detach()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer)  # skipped when fp16 gradients overflowed (the scale then shrinks)
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ctx.world > 1:
@@ -162,19 +168,20 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor], b
         if ctx.main:
             with open(loss_path, "a", newline="") as out:
                 csv.writer(out).writerow([step + 1, f"{total.item():.6f}", f"{scheduler.get_last_lr()[0]:.3e}",
-                                          f"{grad_norm.item():.4f}", f"{time.perf_counter() - tick:.3f}"])
+                                          f"{grad_norm.item():.4f}", f"{time.perf_counter() - tick:.3f}",
+                                          hardware["precision"], hardware["cpu_capability"]])
             bar.set_postfix(loss=f"{total.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             rng = _rng_states(ctx)  # collective: every rank hands in its generators
             if ctx.main:
-                _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, step + 1, identity, rng),
+                _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, scaler, step + 1, identity, rng),
                                  cfg.keep_checkpoints)
         if ctx.world > 1:
             dist.barrier()
     if cfg.steps > start:
         rng = _rng_states(ctx)
         if ctx.main:
-            _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, cfg.steps, identity, rng),
+            _save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, scaler, cfg.steps, identity, rng),
                              cfg.keep_checkpoints)
 
 
@@ -190,12 +197,12 @@ def _rng_states(ctx: Context) -> list[dict]:
     return states
 
 
-def _state(model, optimizer, scheduler, step: int, identity: str, rng: list[dict]) -> dict:
+def _state(model, optimizer, scheduler, scaler, step: int, identity: str, rng: list[dict]) -> dict:
     return {"step": step, "identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng}
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng}
 
 
-def _resume(model, optimizer, scheduler, checkpoint_dir: Path, identity: str, ctx: Context) -> int:
+def _resume(model, optimizer, scheduler, scaler, checkpoint_dir: Path, identity: str, ctx: Context) -> int:
     existing = _checkpoints(checkpoint_dir)
     if not existing:
         return 0
@@ -206,6 +213,8 @@ def _resume(model, optimizer, scheduler, checkpoint_dir: Path, identity: str, ct
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):  # empty when the checkpointed run did not scale its loss (not fp16)
+        scaler.load_state_dict(state["scaler"])
     if "rng" not in state:
         raise ValueError(f"{existing[-1]} was written by an earlier version of this pipeline (no per-rank random "
                          f"state); move {checkpoint_dir} away to start afresh")
@@ -231,7 +240,7 @@ def _truncate_log(path: Path, step: int) -> None:
             rows = [row for row in csv.reader(handle) if row and row[0].isdigit() and int(row[0]) <= step]
     with open(path, "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["step", "loss", "lr", "grad_norm", "seconds"])
+        writer.writerow(["step", "loss", "lr", "grad_norm", "seconds", "precision", "cpu_capability"])
         writer.writerows(rows)
 
 
@@ -245,8 +254,8 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--losses", type=Path, required=True, help="CSV of per-step losses to write")
     for field in fields(LoopConfig):
         flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, action="store_true")
+        if field.name == "precision":
+            amp_precision.add_precision_argument(parser)
         else:
             kind = {"int": int, "float": float}[field.type]
             parser.add_argument(flag, type=kind, default=None if field.default is MISSING else field.default,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, small_demo_overlay
+from tests.conftest import ROOT, hang_guard, small_demo_overlay
 
 if os.environ.get("PIPELINE_SLURM") != "1":
     pytest.skip("SLURM cluster tests run with `make test-cluster` (PIPELINE_SLURM=1): they install and start a "
@@ -39,8 +39,10 @@ FAST_STATUS = ["--seconds-between-status-checks", "5", "--slurm-init-seconds-bef
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
 
 
-def run(command: list[str], seconds: int, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`command` under `timeout -k`, so that a hung child is killed with its process group."""
+def run(command: list[str], seconds: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`command` under `timeout -k`, so that a hung child is killed with its process group; `seconds` is a
+    hang guard (conftest.hang_guard: PIPELINE_TEST_TIMEOUT_SCALE raises it)."""
+    seconds = round(hang_guard(seconds))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(["timeout", "-k", "30", str(seconds), *command], cwd=cwd, env=env, text=True,
                           capture_output=True, timeout=seconds + 60)
@@ -185,7 +187,7 @@ def test_small_demo_dag_on_slurm_matches_the_local_run(slurm, tmp_path):
     profile = profile_for_this_cluster(cluster, listed.stdout.split())
     started = time.monotonic()
     result = snakemake(cluster, "--profile", str(profile.relative_to(cluster)), *small_demo(cluster), "--verbose",
-                       *FAST_STATUS, seconds=1500)
+                       *FAST_STATUS, seconds=2000)
     cluster_seconds = time.monotonic() - started
     log = output(result)
     (tmp_path / "cluster.log").write_text(log)

@@ -3,7 +3,7 @@
 Same index, same queries, same k1/b, hits and threads, one process (JIT warmed up), interleaved
 repeats. Our stage runs SearchCollection inside our JVM, then puts the run in the queries file's
 order; its time is the whole bm25_search call without the single-query latency loop (reading and
-checking the queries, the run renamed into place, the LuceneSearcher that loop opens). The
+checking the queries, the run renamed into place, the SimpleSearcher that loop opens). The
 reference is SearchCollection's `main`, as its command line runs it. pyserini's
 LuceneSearcher.batch_search + write_run is what the stage did before issue 13: its run must be ours
 byte for byte. "best" is the fastest repeat, the least disturbed by other processes. Default input:

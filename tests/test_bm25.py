@@ -139,7 +139,7 @@ def test_query_blocks_are_found_whole():
 
 
 class ExactScores:
-    """A stand-in for LuceneSearcher: the floats behind a run's printed scores."""
+    """A stand-in for Anserini's SimpleSearcher: the floats behind a run's printed scores."""
 
     def __init__(self, scores):
         self.scores, self.searched = scores, []

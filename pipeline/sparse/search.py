@@ -23,19 +23,18 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from pipeline.cli import run_stage
 from pipeline.io import InputFormatError, atomic_output, iter_id_text
 from pipeline.sparse.index import lucene_dir
-from pipeline.sparse.jvm import import_pyserini, start_jvm
+from pipeline.sparse.jvm import start_jvm
 from pipeline.timing import cpu_name, time_each
 
-if TYPE_CHECKING:
-    from pyserini.search.lucene import LuceneSearcher
-
+# io.anserini.search.SimpleSearcher through jnius: search(text, k) -> ScoredDoc[] (docid, score), close().
+SimpleSearcher = Any
 log = logging.getLogger(__name__)
 # Anserini's TsvString reader keeps a query's text up to a second tab and ends a line at a lone CR
 # too; both are whitespace to the analyzer, so spaces in their place search the same text.
@@ -78,7 +77,9 @@ def bm25_search(index_dir: Path, queries_path: Path, run_path: Path, *, k1: floa
 
     qids = list(queries)
     with contextlib.closing(open_searcher(index_dir, k1, b)) as searcher:
-        latency = time_each(qids[:latency_queries], lambda qid: searcher.search(queries[qid], k=hits))
+        # Each hit's docid and score read into Python, as a caller of the searcher would.
+        latency = time_each(qids[:latency_queries],
+                            lambda qid: [(hit.docid, hit.score) for hit in searcher.search(queries[qid], hits)])
     timing = {"queries": len(qids), "threads": threads, "hits": hits, "device": cpu_name(), "latency_threads": 1,
               "batch_seconds": round(batch_seconds, 3),
               "batch_ms_per_query": round(1000 * batch_seconds / max(len(qids), 1), 3), **latency}
@@ -87,10 +88,15 @@ def bm25_search(index_dir: Path, queries_path: Path, run_path: Path, *, k1: floa
     return timing
 
 
-def open_searcher(index_dir: Path, k1: float, b: float) -> LuceneSearcher:
-    """pyserini's searcher on the index with our BM25 parameters (for one query at a time)."""
-    searcher = import_pyserini("pyserini.search.lucene").LuceneSearcher(str(lucene_dir(index_dir)))
-    searcher.set_bm25(k1, b)
+def open_searcher(index_dir: Path, k1: float, b: float) -> SimpleSearcher:
+    """Anserini's SimpleSearcher, the Java object pyserini's LuceneSearcher wraps, on the index with our BM25
+    parameters (for one query at a time). Called through jnius as LuceneSearcher calls it: importing
+    pyserini.search.lucene would take ~6 s of each job (it imports pyserini's encoders, torch, transformers)."""
+    from jnius import autoclass
+
+    start_jvm()
+    searcher = autoclass("io.anserini.search.SimpleSearcher")(str(lucene_dir(index_dir)))
+    searcher.set_bm25(float(k1), float(b))
     return searcher
 
 
@@ -178,23 +184,23 @@ def halfway_scores(run: bytes, tag: str) -> list[tuple[slice, str, str]]:
     return found
 
 
-def round_half_even(run: bytes, halfway: list[tuple[slice, str, str]], searcher: LuceneSearcher,
+def round_half_even(run: bytes, halfway: list[tuple[slice, str, str]], searcher: SimpleSearcher,
                     queries: dict[str, str], hits: int) -> bytes:
     """`run` with the `halfway` scores printed as write_run prints pyserini's (the same floats)."""
     fixed, exact = bytearray(run), {}
     for score, qid, docid in halfway:
         if qid not in exact:
-            exact[qid] = {hit.docid: hit.score for hit in searcher.search(queries[qid], k=hits)}
+            exact[qid] = {hit.docid: hit.score for hit in searcher.search(queries[qid], hits)}
         fixed[score] = f"{exact[qid][docid]:.6f}".encode()  # as wide: only the last digit can differ
     return bytes(fixed)
 
 
-def check_no_hits(searcher: LuceneSearcher, queries: dict[str, str], hits: int, remove_query: bool) -> None:
+def check_no_hits(searcher: SimpleSearcher, queries: dict[str, str], hits: int, remove_query: bool) -> None:
     """Queries absent from Anserini's run must have no hits: SearchCollection prints a query that
     fails (e.g. one of more than 1024 terms) and leaves it out, where pyserini raises the error."""
     for qid, text in queries.items():
         try:
-            found = [hit.docid for hit in searcher.search(text, k=hits)]
+            found = [hit.docid for hit in searcher.search(text, hits)]
         except Exception as err:  # jnius.JavaException, which names no query
             err.add_note(f"while searching query {qid}")
             raise

@@ -2,10 +2,12 @@
 
 import warnings
 
+import pandas as pd
 import pytest
 import torch
 
 from pipeline import precision
+from pipeline.train.batches import TripleBatches
 from pipeline.train.loop import Context, LoopConfig, fit
 from tests.conftest import make_tiny_bert, make_triples_dataset
 
@@ -112,20 +114,20 @@ class _Tiny(torch.nn.Module):
         self.linear = torch.nn.Linear(4, 1)
 
 
-def _losses(path):
-    import pandas as pd
+@pytest.fixture
+def batches(tmp_path):
+    data = make_triples_dataset(tmp_path / "data", n_queries=8)
+    return TripleBatches(data["triples"], data["queries"], data["collection"], batch_size=4, seed=1)
 
-    return pd.read_csv(path)
+
+def last_checkpoint(directory):
+    return torch.load(sorted(directory.glob("step-*.pt"))[-1], weights_only=False)
 
 
-def test_fp16_training_scales_the_loss_and_skips_an_overflowing_step(tmp_path, monkeypatch):
+def test_fp16_training_scales_the_loss_and_skips_an_overflowing_step(tmp_path, monkeypatch, batches):
     """The GradScaler path, on CPU fp16 autocast: a step whose gradients overflow leaves the weights as they
     were and halves the scale; the scaler's state is checkpointed and the loss log records fp16."""
-    from pipeline.train.batches import TripleBatches
-
     monkeypatch.setattr(precision, "_warn_once", lambda message: None)  # fp16 on the CPU is what we test here
-    data = make_triples_dataset(tmp_path / "data", n_queries=8)
-    batches = TripleBatches(data["triples"], data["queries"], data["collection"], batch_size=4, seed=1)
     model = _Tiny()
     snapshots = []
 
@@ -139,25 +141,19 @@ def test_fp16_training_scales_the_loss_and_skips_an_overflowing_step(tmp_path, m
     assert not torch.equal(snapshots[0], snapshots[1])  # step 1 updated the weights
     assert torch.equal(snapshots[1], snapshots[2])  # step 2 overflowed: skipped
     assert torch.isfinite(model.linear.weight).all()
-    state = torch.load(sorted((tmp_path / "ck").glob("step-*.pt"))[-1], weights_only=False)
-    assert state["scaler"]["scale"] == 2.0 ** 16 / 2  # the initial scale, halved once
-    log = _losses(tmp_path / "ck" / "losses.csv")
+    assert last_checkpoint(tmp_path / "ck")["scaler"]["scale"] == 2.0 ** 16 / 2  # the initial scale, halved once
+    log = pd.read_csv(tmp_path / "ck" / "losses.csv")
     assert set(log["precision"]) == {"fp16"} and set(log["cpu_capability"]) == {precision.cpu_capability()}
 
 
-def test_fp32_training_has_no_scaler_and_logs_fp32(tmp_path, monkeypatch):
+def test_fp32_training_has_no_scaler_and_logs_fp32(tmp_path, monkeypatch, batches):
     hardware(monkeypatch, instructions=False)
-    data = make_triples_dataset(tmp_path / "data", n_queries=8)
-    from pipeline.train.batches import TripleBatches
-
-    batches = TripleBatches(data["triples"], data["queries"], data["collection"], batch_size=4, seed=1)
     model = _Tiny()
     cfg = LoopConfig(steps=2, batch_size=4, lr=0.1, checkpoint_every=100, precision="auto")
     fit(model, lambda module, batch: module.linear(torch.ones(4, 4)).pow(2).mean(), batches, cfg,
         tmp_path / "ck", "tiny", Context(CPU), desc="fp32")
-    state = torch.load(sorted((tmp_path / "ck").glob("step-*.pt"))[-1], weights_only=False)
-    assert state["scaler"] == {}
-    assert set(_losses(tmp_path / "ck" / "losses.csv")["precision"]) == {"fp32"}
+    assert last_checkpoint(tmp_path / "ck")["scaler"] == {}
+    assert set(pd.read_csv(tmp_path / "ck" / "losses.csv")["precision"]) == {"fp32"}
 
 
 def test_encoding_stages_record_their_precision(tmp_path, monkeypatch):

@@ -2,7 +2,11 @@
 # Paper scale:  snakemake results/table1.tsv --cores 8 --resources gpu=1
 # Offline demo: snakemake --profile profiles/demo
 
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
+
+from pipeline.config_check import check_config
 
 min_version("9.0")
 
@@ -10,6 +14,16 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# check_config names the bad key, its value, the expectation and the config file setting it in a few lines,
+# where validate dumps the whole schema and config; validate, once it passes, fills in the schema defaults.
+# Merge order: configfile: above, then --configfile (a profile's configfile: too), then --config.
+check_config(
+    config,
+    Path(workflow.basedir) / "schemas/config.schema.yaml",
+    [f for f in workflow.configfiles if f not in workflow.config_settings.configfiles]
+    + workflow.config_settings.configfiles,
+    command_line=workflow.config_settings.config,
+)
 validate(config, "schemas/config.schema.yaml")
 
 

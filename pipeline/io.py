@@ -85,13 +85,15 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
             yield number, _decode(path, number, raw)
 
 
-def _id_text(path: str | os.PathLike, number: int, line: str, what: str, seen: set[str]) -> tuple[str, str]:
-    """One `id<TAB>text` line checked: non-empty id and text, the id not in `seen` (then added)."""
+def _id_text(path: str | os.PathLike, number: int, line: str, what: str, seen: set[str],
+             allow_empty: bool = False) -> tuple[str, str]:
+    """One `id<TAB>text` line checked: non-empty id and text (unless `allow_empty`), the id not in `seen`
+    (then added)."""
     ident, tab, text = line.partition("\t")
     ident, text = ident.strip(), text.strip()
     if not tab or not ident:
         raise InputFormatError(path, number, f"'{what}<TAB>text'", line)
-    if not text:
+    if not text and not allow_empty:
         raise InputFormatError(path, number, f"non-empty text for {what} {ident}")
     if ident in seen:
         raise InputFormatError(path, number, f"a unique {what}; {ident} appeared before")
@@ -99,11 +101,12 @@ def _id_text(path: str | os.PathLike, number: int, line: str, what: str, seen: s
     return ident, text
 
 
-def iter_id_text(path: str | os.PathLike, what: str) -> Iterator[tuple[int, str, str]]:
-    """Yield (line, id, text) from an `id<TAB>text` file, refusing empty ids, empty text and repeats."""
+def iter_id_text(path: str | os.PathLike, what: str, allow_empty: bool = False) -> Iterator[tuple[int, str, str]]:
+    """Yield (line, id, text) from an `id<TAB>text` file, refusing empty ids, repeats and (unless `allow_empty`)
+    empty text."""
     seen: set[str] = set()
     for number, line in iter_lines(path):
-        yield number, *_id_text(path, number, line, what, seen)
+        yield number, *_id_text(path, number, line, what, seen, allow_empty)
 
 
 def read_queries(path: str | os.PathLike) -> dict[str, str]:

@@ -1,12 +1,14 @@
-"""tune_alpha: grid search of Eq. 7's alpha on sampled training queries, for MRR@10.
+"""tune_alpha: grid search of Eq. 7's alpha on sampled training queries, for one measure (the paper: MRR@10).
 
     python -m pipeline.tune_alpha --sparse results/D/runs/bm25.tune.trec --dense results/D/runs/tct_inbatch.tune.trec \
         --qrels resources/D/qrels.tune.txt --curve results/D/fusion/tct_inbatch+bm25.alpha.tsv \
-        --choice results/D/fusion/tct_inbatch+bm25.alpha.json --start 0 --stop 2 --step 0.01
+        --choice results/D/fusion/tct_inbatch+bm25.alpha.json --start 0 --stop 2 --step 0.01 --measure RR@10
 
-The runs are aligned once; each alpha then costs a few array operations: the rank of a relevant
-passage is 1 + the candidates scoring higher + the equal-scoring ones trec_eval would put first
-(larger docid), so no per-alpha sort is needed. Ties between alphas go to the smallest.
+The runs are aligned once. For RR@k each alpha then costs a few array operations: the rank of a
+relevant passage is 1 + the candidates scoring higher + the equal-scoring ones trec_eval would put
+first (larger docid), so no per-alpha sort is needed. Any other measure (nDCG@10 on a BEIR-style
+dataset) ranks each alpha's fused candidates in trec_eval's order and scores them with
+pipeline.evaluate. Ties between alphas go to the smallest.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ir_measures
 import numpy as np
 
 from pipeline.cli import run_stage
+from pipeline.evaluate import MEAN_ROW, score_run
 from pipeline.fusion import layout, weighted_scores
 from pipeline.io import atomic_output, read_qrels
 from pipeline.run_arrays import RunArrays, docid_codes, encode_runs, read_run_frame
@@ -72,12 +76,9 @@ def reciprocal_ranks(candidates, scores: np.ndarray, relevant: tuple[np.ndarray,
     return np.where(best <= cutoff, 1.0 / best, 0.0)
 
 
-def tune_alpha(sparse_path: Path, dense_path: Path, qrels_path: Path, curve_path: Path, choice_path: Path,
-               start: float = 0.0, stop: float = 2.0, step: float = 0.01, cutoff: int = 10,
-               normalization: bool = False, weight_on_dense: bool = False) -> dict:
-    """Sweep alpha over [start, stop] by `step`; write the curve and the chosen alpha; return the choice."""
-    qrels = read_qrels(qrels_path)
-    candidates = align(*encode_runs(read_run_frame(sparse_path), read_run_frame(dense_path)), normalization)
+def rr_curve(candidates: Candidates, qrels: dict, alphas: np.ndarray, cutoff: int,
+             weight_on_dense: bool = False) -> list[float]:
+    """Mean RR@cutoff over the qrels' queries for each alpha, without sorting."""
     mask = np.zeros_like(candidates.valid)
     for row, qid in enumerate(candidates.qids):
         codes = docid_codes(candidates.vocabulary, [d for d, rel in qrels.get(qid, {}).items() if rel > 0])
@@ -85,19 +86,51 @@ def tune_alpha(sparse_path: Path, dense_path: Path, qrels_path: Path, curve_path
             mask[row] = np.isin(candidates.codes[row], codes) & candidates.valid[row]
     relevant = np.nonzero(mask)
     in_qrels = np.array([qid in qrels for qid in candidates.qids])
-    alphas = np.round(np.arange(start, stop + step / 2, step), 10)
-    started = time.perf_counter()
     curve = []
     for alpha in alphas:
         rr = reciprocal_ranks(candidates, combine(candidates, float(alpha), weight_on_dense), relevant, cutoff)
         curve.append(float(rr[in_qrels].sum() / max(len(qrels), 1)))  # absent queries count 0 (trec_eval -c)
+    return curve
+
+
+def measure_curve(candidates: Candidates, qrels: dict, alphas: np.ndarray, measure: str, cutoff: int | None,
+                  weight_on_dense: bool = False) -> list[float]:
+    """The mean of `measure` over the qrels' queries for each alpha: the fused candidates ranked as trec_eval
+    ranks them (score, then larger docid), the top `cutoff` scored by pipeline.evaluate."""
+    depth = candidates.codes.shape[1] if cutoff is None else min(cutoff, candidates.codes.shape[1])
+    docids = candidates.vocabulary[np.where(candidates.valid, candidates.codes, 0)]  # padding cells hold no code
+    curve = []
+    for alpha in alphas:
+        scores = combine(candidates, float(alpha), weight_on_dense)
+        order = np.lexsort((-candidates.codes, -scores), axis=-1)[:, :depth]
+        run = {qid: {str(docids[row, col]): float(scores[row, col]) for col in order[row]
+                     if candidates.valid[row, col]} for row, qid in enumerate(candidates.qids)}
+        curve.append(score_run(run, qrels, [measure])[MEAN_ROW][measure])
+    return curve
+
+
+def tune_alpha(sparse_path: Path, dense_path: Path, qrels_path: Path, curve_path: Path, choice_path: Path,
+               start: float = 0.0, stop: float = 2.0, step: float = 0.01, measure: str = "RR@10",
+               normalization: bool = False, weight_on_dense: bool = False) -> dict:
+    """Sweep alpha over [start, stop] by `step` for `measure` (an ir_measures name); write the curve and the
+    chosen alpha; return the choice."""
+    parsed = ir_measures.parse_measure(measure)
+    cutoff = parsed.params.get("cutoff")
+    qrels = read_qrels(qrels_path)
+    candidates = align(*encode_runs(read_run_frame(sparse_path), read_run_frame(dense_path)), normalization)
+    alphas = np.round(np.arange(start, stop + step / 2, step), 10)
+    started = time.perf_counter()
+    if parsed.NAME == "RR" and parsed.params.get("rel") in (None, 1):
+        curve = rr_curve(candidates, qrels, alphas, cutoff or candidates.codes.shape[1], weight_on_dense)
+    else:
+        curve = measure_curve(candidates, qrels, alphas, measure, cutoff, weight_on_dense)
     seconds = time.perf_counter() - started
     best = int(np.argmax(curve))
-    choice = {"alpha": float(alphas[best]), f"RR@{cutoff}": curve[best], "queries": len(qrels),
+    choice = {"alpha": float(alphas[best]), "measure": measure, measure: curve[best], "queries": len(qrels),
               "grid": [start, stop, step], "sweep_seconds": round(seconds, 3),
               "normalization": normalization, "weight_on_dense": weight_on_dense}
     with atomic_output(curve_path) as out:
-        out.write(f"alpha\tRR@{cutoff}\n")
+        out.write(f"alpha\t{measure}\n")
         out.writelines(f"{a:.4f}\t{v:.6f}\n" for a, v in zip(alphas, curve, strict=True))
     with atomic_output(choice_path) as out:
         json.dump(choice, out, indent=2)
@@ -114,15 +147,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", type=float, default=0.0)
     parser.add_argument("--stop", type=float, default=2.0)
     parser.add_argument("--step", type=float, default=0.01)
-    parser.add_argument("--cutoff", type=int, default=10)
+    parser.add_argument("--measure", default="RR@10", help="ir_measures name: RR@10 (the paper), nDCG@10, R@100, ...")
     parser.add_argument("--normalization", action="store_true")
     parser.add_argument("--weight-on-dense", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     choice = tune_alpha(args.sparse, args.dense, args.qrels, args.curve, args.choice, args.start, args.stop, args.step,
-                        args.cutoff, args.normalization, args.weight_on_dense)
-    log.info("alpha %.3f (RR@%d %.4f over %d queries; sweep %.1f s)", choice["alpha"], args.cutoff,
-             choice[f"RR@{args.cutoff}"], choice["queries"], choice["sweep_seconds"])
+                        args.measure, args.normalization, args.weight_on_dense)
+    log.info("alpha %.3f (%s %.4f over %d queries; sweep %.1f s)", choice["alpha"], args.measure,
+             choice[args.measure], choice["queries"], choice["sweep_seconds"])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,24 @@
 # Paths, config look-ups and input functions shared by the rules. No rule lives here.
 
 import json
+import shlex
+import sys
 from pathlib import Path
+
+from snakemake.logging import logger
+from snakemake.settings.types import DeploymentMethod
+
+from pipeline.workflow_config import resolve_config
+
+# Profiles' `null` removals, splits and measures that follow the dataset, doc2query's switch, references checked.
+_left_out = resolve_config(config)
+if _left_out:
+    logger.info(f"doc2query.source is none, so these are left out: {'; '.join(_left_out)}")
+
+# The rules' `python` is the interpreter running Snakemake (`.venv/bin/snakemake` works without activating the
+# venv), except under --sdm conda, where each rule's environment provides it. Snakemake's own prefix is kept.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
 
 DATASET = config["dataset"]
 DS = DATASET["name"]
@@ -10,8 +27,7 @@ OUT = f"results/{DS}"
 LOGS = f"logs/{DS}"
 BENCH = f"{OUT}/benchmarks"
 SPARSE_RUNS = config["bm25"]["runs"]
-# A profile removes an inherited variant with `name: null`.
-VARIANTS = {name: variant for name, variant in config["student"]["variants"].items() if variant is not None}
+VARIANTS = config["student"]["variants"]
 PUBLISHED = config["dense"]["published"]
 D2Q = config["doc2query"]
 DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
@@ -20,14 +36,6 @@ if "tune" in DATASET["splits"]:
 _clashes = (set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & set(SPARSE_RUNS)) | ({"teacher"} & set(DENSE_MODELS))
 if _clashes:
     raise ValueError(f"run names must be unique across bm25.runs, student.variants and dense.published: {_clashes}")
-
-_expanded_runs = [name for name, run in SPARSE_RUNS.items() if run["collection"] == D2Q["collection"]]
-if _expanded_runs and D2Q["source"] == "none":
-    raise ValueError(f"bm25.runs {_expanded_runs} index {D2Q['collection']}, the doc2query expansion: "
-                     "set doc2query.source (download, generate or train)")
-_generated = [name for name, variant in VARIANTS.items() if variant.get("generated_ratio", 0) > 0]
-if _generated and D2Q["source"] == "none":
-    raise ValueError(f"student.variants {_generated} train on generated queries: set doc2query.source")
 
 
 wildcard_constraints:
@@ -71,7 +79,7 @@ def prepare_arguments():
     """Command-line arguments of pipeline.data.prepare for the configured source."""
     source = DATASET["source"]
     args = ["--source", source, "--splits", *DATASET["splits"], "--download-dir", DATASET["download_dir"],
-            "--unknown-judged", DATASET["unknown_judged"]]
+            "--unknown-judged", DATASET["unknown_judged"], "--empty-text", DATASET["empty_text"]]
     if DATASET["location"]:
         args += ["--location", DATASET["location"]]
     if source == "beir":
@@ -95,13 +103,15 @@ def sparse_index(wildcards):
 
 
 def measures_for(wildcards):
-    """The measures Table 1 needs on this split."""
-    names = [c["measure"] for c in config["evaluation"]["columns"] if c["split"] == wildcards.split]
+    """The measures Tables 1 and 3 and the report need on this split (RR@10 for a split only tuned on)."""
+    named = [*config["evaluation"]["columns"], *filter(None, (config["table3"], config["report"]))]
+    names = [c["measure"] for c in named if c["split"] == wildcards.split]
     return list(dict.fromkeys(names)) or ["RR@10"]
 
 
 def table_spec():
-    return json.dumps({"dataset": DS, "rows": config["table1"]["rows"], "columns": config["evaluation"]["columns"],
+    rows = [{"name": name, **row} for name, row in config["table1"]["rows"].items()]
+    return json.dumps({"dataset": DS, "rows": rows, "columns": config["evaluation"]["columns"],
                        "latency_split": config["evaluation"]["latency_split"],
                        "show_paper": config["table1"]["show_paper"], "note": config["table1"]["note"],
                        "table2": config["table2"], "table3": config["table3"],
@@ -116,12 +126,9 @@ def table_outputs(section, stem):
 def table_inputs(wildcards):
     """Metric and latency files behind Tables 1-3."""
     splits = list(dict.fromkeys(c["split"] for c in config["evaluation"]["columns"]))
-    unknown = [s for s in splits if s not in DATASET["splits"]]
-    if unknown:
-        raise ValueError(f"evaluation.columns use split(s) {unknown} not in dataset.splits {DATASET['splits']}")
     latency_split = config["evaluation"]["latency_split"]
     files = []
-    for row in config["table1"]["rows"]:
+    for row in config["table1"]["rows"].values():
         for run in filter(None, (row["run"], row.get("compare_to"))):
             files += [f"{OUT}/metrics/{run}.{split}.tsv" for split in splits]
         files.append(f"{OUT}/runs/{row['run']}.{latency_split}.latency.json")
@@ -332,6 +339,11 @@ def fusion_options(wildcards):
     return args + fusion_flags()
 
 
+def report_setting(key):
+    """The report's scatter, split or measure (None when a profile switches the report off)."""
+    return config["report"][key] if config["report"] else None
+
+
 def dataset_results(wildcards):
     """Params function: results/<dataset>, where the report finds runs, metrics and curves."""
     return OUT
@@ -348,12 +360,13 @@ def training_curves():
 def teacher_if_used():
     """["teacher"] when something needs it (students, ColBERT re-ranking rows, Table 2's re-rank); a config of
     published checkpoints alone trains nothing."""
-    reranks = any(row["run"].startswith("colbert-") for row in config["table1"]["rows"]) or config["table2"]
+    reranks = any(row["run"].startswith("colbert-") for row in config["table1"]["rows"].values()) or config["table2"]
     return ["teacher"] if VARIANTS or reranks else []
 
 
 def all_targets():
-    targets = ["results/table1.tsv", "results/table1.md", "results/report.html"]
+    targets = ["results/table1.tsv", "results/table1.md"]
+    targets += ["results/report.html"] if config["report"] else []
     targets += ["results/table2_latency.tsv"] if config["table2"] else []
     targets += ["results/table3_ablation.tsv"] if config["table3"] else []
     targets += ["results/table4_distillation.tsv"] if config["table4"] else []

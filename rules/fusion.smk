@@ -44,6 +44,7 @@ rule tune_alpha:
         start=config["fusion"]["grid"]["start"],
         stop=config["fusion"]["grid"]["stop"],
         step=config["fusion"]["grid"]["step"],
+        measure=config["fusion"]["tune_measure"],
         options=fusion_flags(),
     threads: 1
     resources:
@@ -54,7 +55,7 @@ rule tune_alpha:
     shell:
         "python -m pipeline.tune_alpha --sparse {input.sparse} --dense {input.dense} --qrels {input.qrels}"
         " --curve {output.curve} --choice {output.choice} --start {params.start} --stop {params.stop}"
-        " --step {params.step} {params.options} > {log} 2>&1"
+        " --step {params.step} --measure {params.measure:q} {params.options} > {log} 2>&1"
 
 
 rule fuse:

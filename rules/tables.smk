@@ -45,9 +45,9 @@ rule report:
     params:
         results=dataset_results,
         tables=output_dir,
-        scatter=config["report"]["scatter"],
-        split=config["report"]["split"],
-        measure=config["report"]["measure"],
+        scatter=report_setting("scatter"),
+        split=report_setting("split"),
+        measure=report_setting("measure"),
     threads: 1
     resources:
         mem_mb=rule_resource("report", "mem_mb", 4000),

@@ -37,3 +37,12 @@ def test_nothing_to_mine_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no triples could be mined"):
         mine_negatives(tmp_path / "run.trec", tmp_path / "qrels.txt", tmp_path / "t.tsv")
     assert not (tmp_path / "t.tsv").exists()
+
+
+def test_passages_judged_zero_or_below_are_never_positives(tmp_path):
+    # TREC's -1 (junk) and 0 are judged non-relevant: no positive, but fine negatives.
+    write_run(tmp_path / "run.trec", {"q1": [("d0", 9.0), ("junk", 8.0), ("zero", 7.0), ("d3", 6.0)],
+                                      "q2": [("junk", 2.0), ("zero", 1.0), ("d3", 0.5)]}, "bm25")
+    write_qrels(tmp_path / "qrels.txt", {"q1": {"d0": 1, "junk": -1, "zero": 0}, "q2": {"junk": -1, "zero": 0}})
+    mine_negatives(tmp_path / "run.trec", tmp_path / "qrels.txt", tmp_path / "t.tsv", depth=3, per_positive=2)
+    assert sorted(read_triples(tmp_path / "t.tsv")) == [("q1", "d0", "junk"), ("q1", "d0", "zero")]

@@ -46,3 +46,28 @@ def test_sample_is_seeded_judged_and_capped(tmp_path):
     assert all(int(q) % 5 for q in read_queries(tmp_path / "a.tsv"))  # only queries with a relevant passage
     assert set(read_qrels(tmp_path / "a.txt")) == set(read_queries(tmp_path / "a.tsv"))
     assert sample(500, "c") == 40
+
+
+@pytest.mark.parametrize("measure", ["nDCG@10", "R@20", "AP", "RR(rel=2)@10"])
+def test_any_measure_sweep_equals_fusing_and_evaluating_each_alpha(tmp_path, measure):
+    """Measures other than RR@k rank each alpha's fused candidates and score them with pipeline.evaluate."""
+    rng = random.Random(5)
+    docs = [f"d{i:02d}" for i in range(60)]
+    qrels = {f"q{q}": {d: rng.choice([-1, 0, 1, 2]) for d in rng.sample(docs, 6)} for q in range(30)}
+    # Hit lists of different lengths, so that fusion's grid has padding cells.
+    sparse = {q: {d: round(rng.uniform(0, 25), 1) for d in rng.sample(docs, rng.randint(5, 30))} for q in qrels}
+    dense = {q: {d: round(rng.uniform(60, 75), 1) for d in rng.sample(docs, rng.randint(5, 30))} for q in qrels}
+    write_run(tmp_path / "s.trec", {q: sorted(h.items(), key=lambda x: -x[1]) for q, h in sparse.items()}, "s")
+    write_run(tmp_path / "d.trec", {q: sorted(h.items(), key=lambda x: -x[1]) for q, h in dense.items()}, "d")
+    write_qrels(tmp_path / "qrels.txt", qrels)
+    choice = tune_alpha(tmp_path / "s.trec", tmp_path / "d.trec", tmp_path / "qrels.txt", tmp_path / "curve.tsv",
+                        tmp_path / "alpha.json", 0.0, 1.0, 0.1, measure=measure)
+    curve = [line.split("\t") for line in (tmp_path / "curve.tsv").read_text().splitlines()]
+    assert curve[0] == ["alpha", measure] and choice["measure"] == measure
+    values = [float(value) for _, value in curve[1:]]
+    assert len(set(values)) > 1  # the grid matters, so the comparison below can fail
+    for alpha, value in curve[1::3]:
+        fused = fuse(sparse, dense, float(alpha))
+        expected = score_run({q: dict(h) for q, h in fused.items()}, qrels, [measure])["all"][measure]
+        assert float(value) == pytest.approx(expected, abs=1e-6), alpha
+    assert choice[measure] == pytest.approx(max(values), abs=1e-6)

@@ -69,7 +69,8 @@ def test_paper_config_dag_lists_every_stage(workdir):
 
 
 def test_doc2query_sources_choose_their_rules(workdir):
-    """generate: one job per shard from a checkpoint; train: the model first; none with a d2q run: an error."""
+    """generate: one job per shard from a checkpoint; train: the model first; none: everything built on the
+    expansion leaves the DAG (its BM25 run, the rows and hybrids using it, the student on generated queries)."""
     generate = snakemake(workdir, "-n", "--quiet", "rules", "--configfile", "config.yaml",
                          overlay(workdir, {"doc2query": {"source": "generate", "generate": {"shards": 3}}}))
     assert generate.returncode == 0, generate.stderr
@@ -79,9 +80,17 @@ def test_doc2query_sources_choose_their_rules(workdir):
     trained = snakemake(workdir, "-n", "--quiet", "rules", "--configfile", "config.yaml",
                         overlay(workdir, {"doc2query": {"source": "train"}}))
     assert trained.returncode == 0 and "train_doc2query" in trained.stdout, trained.stderr
-    missing = snakemake(workdir, "-n", "--configfile", "config.yaml",
-                        overlay(workdir, {"doc2query": {"source": "none"}}))
-    assert missing.returncode != 0 and "set doc2query.source" in missing.stdout + missing.stderr
+    table4 = yaml.safe_load((workdir / "config.yaml").read_text())["table4"]
+    settings = {"doc2query": {"source": "none"}, "table4": table4}
+    switched_off = snakemake(workdir, "-n", "-p", "--configfile", "config.yaml", overlay(workdir, settings))
+    assert switched_off.returncode == 0, switched_off.stderr
+    for left_out in ("bm25.runs.d2q", "student.variants.tct_generated", "table1.rows.'doc2query-T5'",
+                     "table1.rows.'TCT-ColBERT + doc2query-T5'", "table4.strategies.'Eq. 6 + generated queries'"):
+        assert left_out in switched_off.stdout + switched_off.stderr, left_out
+    for rule in ("doc2query_download", "expand_collection", "generate_doc2query"):
+        assert f"rule {rule}:" not in switched_off.stdout, rule
+    jobs = [line for line in switched_off.stdout.splitlines() if "left out" not in line]
+    assert not [line for line in jobs if "d2q" in line or "tct_generated" in line]
 
 
 def test_training_rules_with_several_gpus_start_torchrun(workdir):
@@ -100,14 +109,13 @@ def test_published_checkpoint_rows_train_nothing(workdir):
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     config["student"]["variants"] = {}
     config["dense"]["published"] = {"tct_published": "castorini/tct_colbert-msmarco"}
-    config["table1"]["rows"] = [{"name": "BM25", "run": "bm25"}, {"name": "TCT-ColBERT (published)",
-                                                                  "run": "tct_published"},
-                                {"name": "TCT-ColBERT (published) + BM25", "run": "tct_published+bm25"}]
+    config["table1"]["rows"] = {"BM25": {"run": "bm25"}, "TCT-ColBERT (published)": {"run": "tct_published"},
+                                "TCT-ColBERT (published) + BM25": {"run": "tct_published+bm25"}}
     config["fusion"]["alpha"] = {"bm25": 0.12, "d2q": 0.22}
     config["doc2query"]["source"] = "none"
     config["bm25"]["runs"] = {"bm25": config["bm25"]["runs"]["bm25"]}
     for table in ("table2", "table3", "table4"):
-        del config[table]  # their schema default: empty, no table
+        del config[table]  # their schema default: null, no table
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(workdir, "-n", "--quiet", "rules")
     assert result.returncode == 0, result.stderr

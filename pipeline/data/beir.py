@@ -3,7 +3,9 @@
 A passage is title + " " + text (BEIR's "flat" layout, as pyserini's BeirFlatCollection indexes
 it); just the text when the title is empty. A split's queries are those its qrels judge. When
 `location` is an http(s) base URL, `<location>/<name>.zip` is downloaded into `download_dir` and
-the files needed are extracted once into `<download_dir>/<name>/`.
+the files needed are extracted once into `<download_dir>/<name>/`. A passage with neither title
+nor text, or a query without text, stops the read unless `empty_text` is drop (see
+`pipeline.data.prepare`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.data import Source, Split
+from pipeline.data import Source, Split, refuse_empty
 from pipeline.download import download, extract_member
 from pipeline.io import InputFormatError, iter_lines
 
@@ -57,20 +59,20 @@ def _records(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, str, 
         yield number, ident, record
 
 
-def _corpus(path: Path) -> Iterator[tuple[str, str]]:
+def _corpus(path: Path, empty_text: str) -> Iterator[tuple[str, str]]:
     for number, ident, record in _records(path, ("_id", "text")):
         text = " ".join(f"{record.get('title') or ''} {record['text']}".split())
         if not text:
-            raise InputFormatError(path, number, f"non-empty title or text for {ident}")
+            refuse_empty(path, number, f"non-empty title or text for {ident}", empty_text)
         yield ident, text
 
 
-def _queries(path: Path) -> dict[str, str]:
+def _queries(path: Path, empty_text: str) -> dict[str, str]:
     queries = {}
     for number, ident, record in _records(path, ("_id", "text")):
         text = " ".join(str(record["text"]).split())
         if not text:
-            raise InputFormatError(path, number, f"non-empty text for query {ident}")
+            refuse_empty(path, number, f"non-empty text for query {ident}", empty_text)
         queries[ident] = text
     return queries
 
@@ -112,7 +114,8 @@ def _fetch(name: str, base_url: str, download_dir: Path, splits: list[str]) -> P
     return root
 
 
-def beir_source(name: str, location: str | Path, download_dir: Path, splits: list[str]) -> Source:
+def beir_source(name: str, location: str | Path, download_dir: Path, splits: list[str],
+                empty_text: str = "error") -> Source:
     """Read a BEIR dataset from a directory, or download `<location or official>/<name>.zip` first."""
     location = str(location or OFFICIAL_URL)
     if location.startswith(("http://", "https://")):
@@ -123,7 +126,7 @@ def beir_source(name: str, location: str | Path, download_dir: Path, splits: lis
     for needed in (corpus, queries_path):
         if not needed.is_file():
             raise FileNotFoundError(f"{root}: no {needed.name}; not a BEIR dataset directory")
-    texts = _queries(queries_path)
+    texts = _queries(queries_path, empty_text)
     prepared = {}
     for split in splits:
         qrels_path = root / "qrels" / f"{split}.tsv"
@@ -133,4 +136,4 @@ def beir_source(name: str, location: str | Path, download_dir: Path, splits: lis
         qrels = _qrels(qrels_path, texts, queries_path)
         prepared[split] = Split({qid: texts[qid] for qid in qrels}, qrels,
                                 origin=f"{qrels_path} / {queries_path}")
-    return Source(collection=lambda: _corpus(corpus), collection_origin=str(corpus), splits=prepared)
+    return Source(collection=lambda: _corpus(corpus, empty_text), collection_origin=str(corpus), splits=prepared)

@@ -3,7 +3,8 @@
 Expected: `collection.tsv` (pid<TAB>text); per split, queries in `queries.<split>.tsv` or
 `topics.<split>.(txt|tsv)` (qid<TAB>text) and judgements in `qrels.<split>.(txt|tsv)` (TREC
 qrels); optionally `triples.train.tsv` with id triples. Files that do not follow the naming are
-given per split as `files: {split: {queries: name, qrels: name}}`.
+given per split as `files: {split: {queries: name, qrels: name}}`. A passage or query with empty
+text stops the read unless `empty_text` is drop (see `pipeline.data.prepare`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.data import Source, Split
-from pipeline.io import read_collection, read_qrels, read_queries, read_triples
+from pipeline.data import Source, Split, read_id_text
+from pipeline.io import read_qrels, read_triples
 
 QUERY_NAMES = ("queries.{}.tsv", "topics.{}.txt", "topics.{}.tsv")
 QRELS_NAMES = ("qrels.{}.txt", "qrels.{}.tsv")
@@ -28,8 +29,8 @@ def _find(directory: Path, split: str, patterns: tuple[str, ...], what: str) -> 
                             f"name it in config dataset.files.{split}.{what}")
 
 
-def msmarco_local_source(directory: Path, splits: list[str],
-                         files: Mapping[str, Mapping[str, str]] | None = None) -> Source:
+def msmarco_local_source(directory: Path, splits: list[str], files: Mapping[str, Mapping[str, str]] | None = None,
+                         empty_text: str = "error") -> Source:
     """Read an MS MARCO-layout directory; every file is checked line by line when it is read."""
     directory = Path(directory)
     collection = directory / "collection.tsv"
@@ -42,8 +43,9 @@ def msmarco_local_source(directory: Path, splits: list[str],
         queries = (directory / given["queries"] if "queries" in given
                    else _find(directory, split, QUERY_NAMES, "queries"))
         qrels = directory / given["qrels"] if "qrels" in given else _find(directory, split, QRELS_NAMES, "qrels")
-        prepared[split] = Split(read_queries(queries), read_qrels(qrels), origin=f"{queries} / {qrels}")
+        prepared[split] = Split(dict(read_id_text(queries, "qid", empty_text)), read_qrels(qrels),
+                                origin=f"{queries} / {qrels}")
     triples_path = directory / "triples.train.tsv"
     triples = (lambda: read_triples(triples_path)) if triples_path.is_file() else None
-    return Source(collection=lambda: read_collection(collection), collection_origin=str(collection),
+    return Source(collection=lambda: read_id_text(collection, "pid", empty_text), collection_origin=str(collection),
                   splits=prepared, triples=triples, triples_origin=str(triples_path))

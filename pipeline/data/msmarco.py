@@ -7,7 +7,8 @@ text, so the normalised triples file is three ids per line and the texts stay in
 
 Archive members are extracted once under `<download_dir>/msmarco-passage/` and reused. The text
 triples (27 GB uncompressed) are streamed straight out of their archive when `triples` is called,
-never extracted; a `triples.train.small.tsv` already extracted there is read instead.
+never extracted; a `triples.train.small.tsv` already extracted there is read instead. A passage or
+query with empty text stops the read unless `empty_text` is drop (see `pipeline.data.prepare`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.data import Source, Split
+from pipeline.data import Source, Split, read_id_text
 from pipeline.download import download, extract_member, open_member
-from pipeline.io import InputFormatError, atomic_output, iter_lines, read_collection, read_qrels, read_queries
+from pipeline.io import InputFormatError, atomic_output, iter_lines, read_qrels
 
 OFFICIAL_URL = "https://msmarco.z22.web.core.windows.net/msmarcoranking/"
 DL19_QRELS_URL = "https://trec.nist.gov/data/deep/2019qrels-pass.txt"
@@ -57,13 +58,13 @@ def _decoded(stream: BinaryIO, origin: str) -> Iterator[tuple[int, str]]:
         yield number, line.rstrip("\r\n")
 
 
-def _id_triples(lines: Iterable[tuple[int, str]], origin: str, collection: Path,
+def _id_triples(lines: Iterable[tuple[int, str]], origin: str, passages: Iterable[tuple[str, str]],
                 queries: dict[str, str]) -> Iterator[tuple[str, str, str]]:
     """Map text triples (query, positive, negative) back to (qid, pid, pid)."""
     qid_of: dict[str, str] = {}
     for qid, text in queries.items():
         qid_of.setdefault(" ".join(text.split()), qid)
-    pid_of = {_text_key(text): pid for pid, text in read_collection(collection)}
+    pid_of = {_text_key(text): pid for pid, text in passages}
     for number, line in lines:
         fields = line.split("\t")
         if len(fields) != 3:
@@ -79,7 +80,8 @@ def _id_triples(lines: Iterable[tuple[int, str]], origin: str, collection: Path,
 
 
 def msmarco_passage_source(download_dir: Path, base_url: str = OFFICIAL_URL,
-                           dl19_qrels_url: str = DL19_QRELS_URL, md5: dict[str, str] | None = None) -> Source:
+                           dl19_qrels_url: str = DL19_QRELS_URL, md5: dict[str, str] | None = None,
+                           empty_text: str = "error") -> Source:
     """Download (or reuse) the official files under `download_dir` and describe them as a Source."""
     md5 = MD5 if md5 is None else md5
     root = Path(download_dir) / "msmarco-passage"
@@ -101,16 +103,18 @@ def msmarco_passage_source(download_dir: Path, base_url: str = OFFICIAL_URL,
             out.write(source.read())
     dl19_qrels = download(dl19_qrels_url, root / "2019qrels-pass.txt", md5.get("2019qrels-pass.txt"))
 
-    train_queries = read_queries(files["queries.train.tsv"])
-    splits = {
-        "train": Split(train_queries, read_qrels(files["qrels.train.tsv"]),
-                       origin=f"{files['queries.train.tsv']} / {files['qrels.train.tsv']}"),
-        "dev": Split(read_queries(files["queries.dev.small.tsv"]), read_qrels(files["qrels.dev.small.tsv"]),
-                     origin=f"{files['queries.dev.small.tsv']} / {files['qrels.dev.small.tsv']}"),
-        "dl19": Split(read_queries(dl19_queries), read_qrels(dl19_qrels),
-                      origin=f"{dl19_queries} / {dl19_qrels}"),
-    }
+    def split(queries: Path, qrels: Path) -> Split:
+        return Split(dict(read_id_text(queries, "qid", empty_text)), read_qrels(qrels), origin=f"{queries} / {qrels}")
+
+    splits = {"train": split(files["queries.train.tsv"], files["qrels.train.tsv"]),
+              "dev": split(files["queries.dev.small.tsv"], files["qrels.dev.small.tsv"]),
+              "dl19": split(dl19_queries, dl19_qrels)}
+    train_queries = splits["train"].queries
     collection = files["collection.tsv"]
+
+    def passages() -> Iterator[tuple[str, str]]:
+        return read_id_text(collection, "pid", empty_text)
+
     extracted = root / TRIPLES_MEMBER
     archived = root / "triples.train.small.tar.gz"
     # Errors name the member inside the archive unless the user extracted it themselves.
@@ -118,12 +122,10 @@ def msmarco_passage_source(download_dir: Path, base_url: str = OFFICIAL_URL,
 
     def triples() -> Iterator[tuple[str, str, str]]:
         if extracted.is_file():
-            yield from _id_triples(iter_lines(extracted), str(extracted), collection, train_queries)
+            yield from _id_triples(iter_lines(extracted), str(extracted), passages(), train_queries)
             return
         with open_member(fetch(archived.name), TRIPLES_MEMBER) as stream:
-            yield from _id_triples(_decoded(stream, triples_origin), triples_origin, collection,
-                                   train_queries)
+            yield from _id_triples(_decoded(stream, triples_origin), triples_origin, passages(), train_queries)
 
-    return Source(collection=lambda: read_collection(collection), collection_origin=str(collection),
-                  splits=splits, triples=triples, triples_origin=triples_origin,
-                  notes=["triples.train.small mapped from text to ids"])
+    return Source(collection=passages, collection_origin=str(collection), splits=splits, triples=triples,
+                  triples_origin=triples_origin, notes=["triples.train.small mapped from text to ids"])

@@ -5,6 +5,8 @@
 
 The paper's negatives are BM25 negatives: for each (query, positive) we sample, without
 replacement, from the query's BM25 top-`depth` with every judged-relevant passage removed.
+Relevant means relevance > 0, as for trec_eval: a passage judged 0 or below (TREC's -1 for junk)
+is never a positive, and stays a candidate negative: judged non-relevant, it is a sound one.
 """
 
 from __future__ import annotations

@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 
 def sample_queries(queries_path: Path, qrels_path: Path, n: int, seed: int, out_queries: Path,
                    out_qrels: Path) -> int:
-    """Write up to `n` judged queries (all of them when fewer exist) in their original order."""
+    """Write up to `n` judged queries (all of them when fewer exist) in their original order.
+
+    Judged means at least one judgement with relevance > 0: a query judged only 0 or -1 has nothing
+    to find, so RR would score it 0 at every alpha.
+    """
     queries, qrels = read_queries(queries_path), read_qrels(qrels_path)
     judged = [qid for qid in queries if any(rel > 0 for rel in qrels.get(qid, {}).values())]
     if not judged:

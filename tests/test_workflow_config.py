@@ -1,0 +1,111 @@
+"""pipeline.workflow_config: what a profile can remove, the defaults that follow the dataset, doc2query's switch,
+and the errors that name the key to change."""
+
+import copy
+
+import pytest
+import yaml
+from snakemake.utils import update_config, validate
+
+from pipeline.workflow_config import ConfigReferenceError, resolve_config
+from tests.conftest import ROOT
+
+PAPER = yaml.safe_load((ROOT / "config.yaml").read_text())
+OWN_SPLITS = {"dataset": {"name": "mine", "source": "msmarco-local", "location": "data/mine",
+                          "splits": ["train", "test"]},
+              "evaluation": {"columns": [{"split": "test", "measure": "nDCG@10"},
+                                         {"split": "test", "measure": "R@100"}]}}
+
+
+def merged(*overlays: dict) -> tuple[dict, list[str]]:
+    """config.yaml with the overlays merged as Snakemake merges profiles, validated (defaults filled) and resolved."""
+    config = copy.deepcopy(PAPER)
+    for overlay in overlays:
+        update_config(config, copy.deepcopy(overlay))
+    validate(config, str(ROOT / "schemas" / "config.schema.yaml"))
+    return config, resolve_config(config)
+
+
+def test_paper_config_resolves_to_the_paper_settings():
+    config, notes = merged()
+    assert notes == []
+    assert config["evaluation"]["latency_split"] == "dev"
+    assert config["table2"]["split"] == "dev" and config["table3"]["split"] == "dev"
+    assert config["table3"]["measure"] == "RR@10" and config["fusion"]["tune_measure"] == "RR@10"
+    assert config["report"] == {"split": "dev", "measure": "RR@10", "scatter": ["bm25", "tct_inbatch"]}
+    assert list(config["table1"]["rows"])[:2] == ["BM25", "doc2query-T5"] and len(config["table1"]["rows"]) == 9
+
+
+def test_null_removes_inherited_entries_and_tables():
+    config, _ = merged({"bm25": {"runs": {"d2q": None}}, "doc2query": {"source": "download"},
+                        "student": {"variants": {"tct_margin": None, "tct_embed": None, "tct_generated": None}},
+                        "table1": {"rows": {"doc2query-T5": None, "PoolAvg + doc2query-T5": None,
+                                            "TCT-ColBERT + doc2query-T5": None}},
+                        "table2": None, "table4": None, "report": None})
+    assert list(config["bm25"]["runs"]) == ["bm25"]
+    assert list(config["student"]["variants"]) == ["poolavg", "tct_triplet", "tct_inbatch"]
+    assert "doc2query-T5" not in config["table1"]["rows"] and len(config["table1"]["rows"]) == 6
+    assert config["table2"] is None and config["table4"] is None and config["report"] is None
+    assert config["table3"]["split"] == "dev"  # not removed, still resolved
+
+
+def test_an_empty_mapping_changes_nothing():
+    """Overlays merge: `table2: {}` keeps config.yaml's Table 2 (null is the way to remove it)."""
+    config, _ = merged({"table2": {}})
+    assert config["table2"]["dense"] == "tct_inbatch"
+
+
+def test_train_test_dataset_needs_no_table_settings():
+    config, notes = merged(OWN_SPLITS, {"doc2query": {"source": "none"}, "table4": None})
+    assert config["evaluation"]["latency_split"] == "test"
+    assert config["table2"]["split"] == config["table3"]["split"] == config["report"]["split"] == "test"
+    assert config["table3"]["measure"] == config["report"]["measure"] == "nDCG@10"
+    assert config["fusion"]["tune_measure"] == "nDCG@10"  # not RR@10: this is not MS MARCO
+    assert "bm25.runs.d2q (indexes collection.d2q)" in notes
+
+
+def test_doc2query_none_takes_its_dependants_with_it():
+    config, notes = merged({"doc2query": {"source": "none"}})
+    assert list(config["bm25"]["runs"]) == ["bm25"] and "tct_generated" not in config["student"]["variants"]
+    assert not [name for name, row in config["table1"]["rows"].items() if "d2q" in row["run"]]
+    assert "tct_generated" not in config["table4"]["strategies"].values()
+    assert len(config["table4"]["strategies"]) == 4
+    assert notes == ["bm25.runs.d2q (indexes collection.d2q)",
+                     "student.variants.tct_generated (trains on generated queries)",
+                     "table1.rows.'doc2query-T5'", "table1.rows.'PoolAvg + doc2query-T5'",
+                     "table1.rows.'TCT-ColBERT + doc2query-T5'", "table4.strategies.'Eq. 6 + generated queries'"]
+
+
+def test_explicit_settings_win_over_the_dataset_defaults():
+    config, _ = merged({"table3": {"split": "dl19", "measure": "nDCG@10"}, "fusion": {"tune_measure": "nDCG@10"},
+                        "report": {"scatter": ["bm25", "poolavg"]}})
+    assert config["table3"]["split"] == "dl19" and config["table3"]["measure"] == "nDCG@10"
+    assert config["fusion"]["tune_measure"] == "nDCG@10" and config["report"]["scatter"] == ["bm25", "poolavg"]
+
+
+def test_report_scatter_follows_table1_without_table2():
+    config, _ = merged({"table2": None})
+    assert config["report"]["scatter"] == ["bm25", "d2q"]
+
+
+@pytest.mark.parametrize(("overlays", "message"), [
+    ((OWN_SPLITS, {"evaluation": {"latency_split": "dev"}}),
+     "evaluation.latency_split is 'dev', not one of dataset.splits ['train', 'test']: change evaluation.latency_split"),
+    (({"dataset": {"splits": ["train", "test"]}},),
+     "evaluation.columns[0].split is 'dev', not one of dataset.splits ['train', 'test']"),
+    (({"student": {"variants": {"poolavg": None}}},),
+     "table1.rows.'Bi-encoder (PoolAvg)'.run names run 'poolavg', which is not defined in bm25.runs, "
+     "student.variants or dense.published"),
+    (({"student": {"variants": {"poolavg": None}}, "table1": {"rows": {
+        "Bi-encoder (PoolAvg)": None, "PoolAvg + BM25": None, "PoolAvg + doc2query-T5": None}},
+      "table3": None, "table4": None},),
+     "table1.rows.'Bi-encoder (TCT-ColBERT)'.compare_to names run 'poolavg'"),
+    (({"table2": {"dense": "tct"}},), "table2.dense names run 'tct'"),
+    (({"table3": {"conditions": {"none": "poolavg+bm25x"}}},),
+     "table3.conditions.none names run 'poolavg+bm25x', which uses 'bm25x', which is not defined"),
+    (({"report": {"scatter": ["bm25", "nothing"]}},), "or switch the report off with `report: null`"),
+])
+def test_references_to_missing_splits_and_runs_name_the_key(overlays, message):
+    with pytest.raises(ConfigReferenceError) as error:
+        merged(*overlays)
+    assert message in str(error.value)

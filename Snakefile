@@ -4,11 +4,18 @@
 
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 from pipeline.config_check import check_config
+from pipeline.workflow_locks import forget_owner, record_owner, release_stale_locks
 
 min_version("9.0")
+
+SNAKEMAKE_DIR = Path(".snakemake")
+# After a kill -9 the same command runs again: the dead run's lock is released (pipeline/workflow_locks.py).
+if workflow.is_main_process and (released := release_stale_locks(SNAKEMAKE_DIR)):
+    logger.warning(released)
 
 
 configfile: "config.yaml"
@@ -51,3 +58,15 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+onstart:
+    record_owner(SNAKEMAKE_DIR)
+
+
+onsuccess:
+    forget_owner(SNAKEMAKE_DIR)
+
+
+onerror:
+    forget_owner(SNAKEMAKE_DIR)

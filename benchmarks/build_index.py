@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.io import EMBEDDINGS_FILE, IDS_FILE, MANIFEST_FILE, atomic_output, ids_checksum, write_ids
+from pipeline.io import (
+    EMBEDDINGS_FILE,
+    IDS_FILE,
+    MANIFEST_FILE,
+    atomic_output,
+    files_record,
+    ids_checksum,
+    write_ids,
+)
 from pipeline.timing import cpu_name
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,7 +63,8 @@ def write_input(root: Path, size: int, shards: int, seed: int) -> list[Path]:
         write_ids(directory / IDS_FILE, ids)
         (directory / MANIFEST_FILE).write_text(json.dumps({
             "model": "random", "model_fingerprint": "random", "pooling": "mean", "dims": DIMS, "dtype": "float16",
-            "count": hi - lo, "ids_checksum": ids_checksum(ids), "shard": shard, "shards": shards}))
+            "count": hi - lo, "ids_checksum": ids_checksum(ids), "shard": shard, "shards": shards,
+            "files": files_record(directory, [EMBEDDINGS_FILE])}))
         directories.append(directory)
     return directories
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.io import InputFormatError, Run, atomic_output
+from pipeline.io import InputFormatError, Run, atomic_output, check_run_lines
 
 
 @dataclass
@@ -48,12 +48,22 @@ class RunArrays:
 
 
 def read_run_frame(path: Path) -> pd.DataFrame:
-    """A TREC run file straight into columns qid, docid, score (C parser)."""
-    frame = pd.read_csv(path, sep=r"\s+", header=None, names=["qid", "q0", "docid", "rank", "score", "tag"],
-                        dtype={"qid": str, "docid": str}, engine="c")
-    if frame[["qid", "docid", "score"]].isna().any().any():
-        raise InputFormatError(path, None, "6 fields 'qid Q0 docid rank score tag' on every line")
-    return frame[["qid", "docid", "score"]].astype({"score": float})
+    """A TREC run file straight into columns qid, docid, score (C parser).
+
+    Strings are kept as written (a docid "NA" stays "NA"). A file the fast path finds wrong (a line
+    without six fields, a score that is not a finite number: NaN or inf) is read again line by line
+    for the error, which names the file and the first bad line as pipeline.io.read_run does.
+    """
+    try:
+        frame = pd.read_csv(path, sep=r"\s+", header=None, names=["qid", "q0", "docid", "rank", "score", "tag"],
+                            dtype={"qid": str, "docid": str, "score": np.float64}, engine="c", keep_default_na=False)
+    except ValueError:  # pandas' ParserError (a line with more fields) is one, as is a non-numeric score
+        frame = None
+    # Without NA values a missing field reads as "": the tag is the last, so a short line leaves it empty.
+    if frame is None or not np.isfinite(frame["score"].to_numpy()).all() or frame["tag"].eq("").any():
+        check_run_lines(path)
+        raise InputFormatError(path, None, "6 fields 'qid Q0 docid rank score tag' on every line, finite scores")
+    return frame[["qid", "docid", "score"]]
 
 
 def run_frame(run: Run) -> pd.DataFrame:

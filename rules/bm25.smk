@@ -19,8 +19,8 @@ rule bm25_index:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.sparse.index --collection {input} --index {output}"
-        " --threads {threads} --max-heap {params.max_heap} > {log} 2>&1"
+        "python -m pipeline.sparse.index --collection {input:q} --index {output:q}"
+        " --threads {threads} --max-heap {params.max_heap:q} > {log:q} 2>&1"
 
 
 rule bm25_run:
@@ -39,7 +39,7 @@ rule bm25_run:
         b=sparse_setting("b"),
         hits=config["bm25"]["hits"],
         latency_queries=config["bm25"]["latency_queries"],
-        remove_query="--remove-query" if config["bm25"]["remove_query"] else "",
+        remove_query=["--remove-query"] if config["bm25"]["remove_query"] else [],
         max_heap=config["bm25"]["max_heap"],
     threads: config["bm25"]["threads"]
     resources:
@@ -48,7 +48,7 @@ rule bm25_run:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.sparse.search --index {input.index} --queries {input.queries} --run {output.run}"
-        " --k1 {params.k1} --b {params.b} --hits {params.hits} --threads {threads} {params.remove_query}"
-        " --latency-queries {params.latency_queries} --max-heap {params.max_heap} --tag {wildcards.sparse}"
-        " > {log} 2>&1"
+        "python -m pipeline.sparse.search --index {input.index:q} --queries {input.queries:q} --run {output.run:q}"
+        " --k1 {params.k1:q} --b {params.b:q} --hits {params.hits:q} --threads {threads} {params.remove_query:q}"
+        " --latency-queries {params.latency_queries:q} --max-heap {params.max_heap:q} --tag {wildcards.sparse:q}"
+        " > {log:q} 2>&1"

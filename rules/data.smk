@@ -22,7 +22,7 @@ rule prepare_data:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.data.prepare {params.args:q} --out {params.out} > {log} 2>&1"
+        "python -m pipeline.data.prepare {params.args:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule mine_negatives:
@@ -46,5 +46,5 @@ rule mine_negatives:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.data.negatives --run {input.run} --qrels {input.qrels} --out {output}"
-        " --depth {params.depth} --per-positive {params.per_positive} --seed {params.seed} > {log} 2>&1"
+        "python -m pipeline.data.negatives --run {input.run:q} --qrels {input.qrels:q} --out {output:q}"
+        " --depth {params.depth:q} --per-positive {params.per_positive:q} --seed {params.seed:q} > {log:q} 2>&1"

@@ -26,9 +26,9 @@ rule encode_corpus:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.dense.encode --model {params.model:q} --collection {input.collection} --out {output}"
-        " --shard {wildcards.shard} --shards {params.shards} --dtype {params.dtype} --batch-size {params.batch_size}"
-        " --precision {params.precision} > {log} 2>&1"
+        "python -m pipeline.dense.encode --model {params.model:q} --collection {input.collection:q} --out {output:q}"
+        " --shard {wildcards.shard:q} --shards {params.shards:q} --dtype {params.dtype:q} --batch-size {params.batch_size:q}"
+        " --precision {params.precision:q} > {log:q} 2>&1"
 
 
 rule build_index:
@@ -50,8 +50,8 @@ rule build_index:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.dense.index --shards {input.shards} --collection {input.collection} --out {output}"
-        " {params.options:q} > {log} 2>&1"
+        "python -m pipeline.dense.index --shards {input.shards:q} --collection {input.collection:q} --out {output:q}"
+        " {params.options:q} > {log:q} 2>&1"
 
 
 rule compare_indexes:
@@ -77,9 +77,9 @@ rule compare_indexes:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.dense.compare_indexes --shards {input.shards} --collection {input.collection}"
-        " --queries {input.queries} --out {output} --kinds {params.kinds} --k {params.k} --threads {threads}"
-        " --latency-queries {params.latency_queries} {params.options:q} > {log} 2>&1"
+        "python -m pipeline.dense.compare_indexes --shards {input.shards:q} --collection {input.collection:q}"
+        " --queries {input.queries:q} --out {output:q} --kinds {params.kinds:q} --k {params.k:q} --threads {threads}"
+        " --latency-queries {params.latency_queries:q} {params.options:q} > {log:q} 2>&1"
 
 
 rule encode_queries:
@@ -104,8 +104,8 @@ rule encode_queries:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.dense.queries --model {params.model:q} --queries {input.queries} --out {output}"
-        " --precision {params.precision} --latency-queries {params.latency_queries} > {log} 2>&1"
+        "python -m pipeline.dense.queries --model {params.model:q} --queries {input.queries:q} --out {output:q}"
+        " --precision {params.precision:q} --latency-queries {params.latency_queries:q} > {log:q} 2>&1"
 
 
 rule dense_run:
@@ -131,9 +131,9 @@ rule dense_run:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.dense.search --index {input.index} --queries {input.queries} --run {output.run}"
-        " --hits {params.hits} --threads {threads} --latency-queries {params.latency_queries}"
-        " {params.device:q} --tag {wildcards.model} > {log} 2>&1"
+        "python -m pipeline.dense.search --index {input.index:q} --queries {input.queries:q} --run {output.run:q}"
+        " --hits {params.hits:q} --threads {threads} --latency-queries {params.latency_queries:q}"
+        " {params.device:q} --tag {wildcards.model:q} > {log:q} 2>&1"
 
 
 rule encode_tokens:
@@ -158,9 +158,9 @@ rule encode_tokens:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.dense.tokens --model {input.model} --collection {input.collection} --out {output}"
-        " --shard {wildcards.shard} --shards {params.shards} --batch-size {params.batch_size} --precision {params.precision}"
-        " > {log} 2>&1"
+        "python -m pipeline.dense.tokens --model {input.model:q} --collection {input.collection:q} --out {output:q}"
+        " --shard {wildcards.shard:q} --shards {params.shards:q} --batch-size {params.batch_size:q} --precision {params.precision:q}"
+        " > {log:q} 2>&1"
 
 
 rule colbert_rerank:
@@ -187,9 +187,9 @@ rule colbert_rerank:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.dense.rerank --model {input.model} --tokens {input.tokens} --queries {input.queries}"
-        " --candidates {input.candidates} --run {output.run} --depth {params.depth}"
-        " --latency-queries {params.latency_queries} > {log} 2>&1"
+        "python -m pipeline.dense.rerank --model {input.model:q} --tokens {input.tokens:q} --queries {input.queries:q}"
+        " --candidates {input.candidates:q} --run {output.run:q} --depth {params.depth:q}"
+        " --latency-queries {params.latency_queries:q} > {log:q} 2>&1"
 
 
 rule dense_rerank:
@@ -212,6 +212,6 @@ rule dense_rerank:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.dense.rescore --shards {input.shards} --queries {input.queries}"
-        " --candidates {input.candidates} --run {output} --depth {params.depth}"
-        " --tag {wildcards.model}-rerank-{wildcards.sparse} > {log} 2>&1"
+        "python -m pipeline.dense.rescore --shards {input.shards:q} --queries {input.queries:q}"
+        " --candidates {input.candidates:q} --run {output:q} --depth {params.depth:q}"
+        " --tag {wildcards.model:q}-rerank-{wildcards.sparse:q} > {log:q} 2>&1"

@@ -23,9 +23,12 @@ rule doc2query_download:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m {params.command:q} --download-dir {params.download_dir} --out {output} > {log} 2>&1"
+        "python -m {params.command:q} --download-dir {params.download_dir:q} --out {output:q} > {log:q} 2>&1"
 
 
+# Checkpoints under checkpoints/doc2query are resumed only when made from the same collection, queries,
+# qrels, init model and settings (a content fingerprint; see rules/train.smk); otherwise the job stops,
+# or with doc2query.train.loop.resume: discard starts afresh.
 rule train_doc2query:
     input:
         collection=f"{RES}/collection.tsv",
@@ -50,9 +53,9 @@ rule train_doc2query:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "{params.launcher} -m pipeline.doc2query.train --collection {input.collection} --queries {input.queries}"
-        " --qrels {input.qrels} --out {output.model} --checkpoints {params.checkpoints} --losses {output.losses}"
-        " {params.options:q} > {log} 2>&1"
+        "{params.launcher} -m pipeline.doc2query.train --collection {input.collection:q} --queries {input.queries:q}"
+        " --qrels {input.qrels:q} --out {output.model:q} --checkpoints {params.checkpoints:q} --losses {output.losses:q}"
+        " {params.options:q} > {log:q} 2>&1"
 
 
 rule generate_doc2query:
@@ -78,8 +81,8 @@ rule generate_doc2query:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.doc2query.generate --model {params.model:q} --collection {input.collection}"
-        " --out {params.out} --shard {wildcards.shard} {params.options:q} > {log} 2>&1"
+        "python -m pipeline.doc2query.generate --model {params.model:q} --collection {input.collection:q}"
+        " --out {params.out:q} --shard {wildcards.shard:q} {params.options:q} > {log:q} 2>&1"
 
 
 rule expand_collection:
@@ -105,6 +108,6 @@ rule expand_collection:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.doc2query.expand --collection {input.collection} --predictions {input.predictions}"
-        " --out {output.collection} --n-queries {params.n_queries} --unknown {params.unknown} --missing {params.missing}"
-        " --counts {output.counts} > {log} 2>&1"
+        "python -m pipeline.doc2query.expand --collection {input.collection:q} --predictions {input.predictions:q}"
+        " --out {output.collection:q} --n-queries {params.n_queries:q} --unknown {params.unknown:q} --missing {params.missing:q}"
+        " --counts {output.counts:q} > {log:q} 2>&1"

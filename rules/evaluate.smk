@@ -20,5 +20,5 @@ rule evaluate:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.evaluate --run {input.run} --qrels {input.qrels} --measures {params.measures:q}"
-        " --out {output} > {log} 2>&1"
+        "python -m pipeline.evaluate --run {input.run:q} --qrels {input.qrels:q} --measures {params.measures:q}"
+        " --out {output:q} > {log:q} 2>&1"

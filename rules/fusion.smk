@@ -24,8 +24,8 @@ rule sample_queries:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.data.sample --queries {input.queries} --qrels {input.qrels} --n {params.n}"
-        " --seed {params.seed} --out-queries {output.queries} --out-qrels {output.qrels} > {log} 2>&1"
+        "python -m pipeline.data.sample --queries {input.queries:q} --qrels {input.qrels:q} --n {params.n:q}"
+        " --seed {params.seed:q} --out-queries {output.queries:q} --out-qrels {output.qrels:q} > {log:q} 2>&1"
 
 
 rule tune_alpha:
@@ -53,9 +53,9 @@ rule tune_alpha:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.tune_alpha --sparse {input.sparse} --dense {input.dense} --qrels {input.qrels}"
-        " --curve {output.curve} --choice {output.choice} --start {params.start} --stop {params.stop}"
-        " --step {params.step} --measure {params.measure:q} {params.options} > {log} 2>&1"
+        "python -m pipeline.tune_alpha --sparse {input.sparse:q} --dense {input.dense:q} --qrels {input.qrels:q}"
+        " --curve {output.curve:q} --choice {output.choice:q} --start {params.start:q} --stop {params.stop:q}"
+        " --step {params.step:q} --measure {params.measure:q} {params.options:q} > {log:q} 2>&1"
 
 
 rule fuse:
@@ -79,6 +79,6 @@ rule fuse:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.fusion --sparse {input.sparse} --dense {input.dense} --run {output.run}"
-        " {params.options:q} --hits {params.hits} --latency-queries {params.latency_queries}"
-        " --tag {wildcards.model}+{wildcards.sparse} > {log} 2>&1"
+        "python -m pipeline.fusion --sparse {input.sparse:q} --dense {input.dense:q} --run {output.run:q}"
+        " {params.options:q} --hits {params.hits:q} --latency-queries {params.latency_queries:q}"
+        " --tag {wildcards.model:q}+{wildcards.sparse:q} > {log:q} 2>&1"

@@ -26,8 +26,8 @@ rule tables:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.tables --spec {params.spec:q} --results {params.results} --out-dir {params.out_dir}"
-        " > {log} 2>&1"
+        "python -m pipeline.tables --spec {params.spec:q} --results {params.results:q} --out-dir {params.out_dir:q}"
+        " > {log:q} 2>&1"
 
 
 rule report:
@@ -55,5 +55,5 @@ rule report:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.report --results {params.results} --tables {params.tables} --out {output.report}"
-        " --scatter {params.scatter} --split {params.split} --measure {params.measure:q} > {log} 2>&1"
+        "python -m pipeline.report --results {params.results:q} --tables {params.tables:q} --out {output.report:q}"
+        " --scatter {params.scatter:q} --split {params.split:q} --measure {params.measure:q} > {log:q} 2>&1"

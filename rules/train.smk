@@ -2,6 +2,13 @@
 # train_student: tightly-coupled distillation into the PoolAvg bi-encoder, one model per variant
 # (config student.variants: poolavg = no distillation, tct_triplet, tct_inbatch).
 # Checkpoints live outside the outputs, so a killed or preempted job resumes where it stopped.
+# Snakemake never cleans them, not on --forcerun either: inside the job a rerun after a kill and a rerun
+# after changed inputs look alike, and deleting the directory would lose the first. The training stage tells
+# them apart instead: each checkpoint records a content fingerprint of the inputs (triples, queries,
+# collection, backbone or teacher, teacher scores, generated queries) and of the settings. Matching
+# checkpoints are resumed (bit-identical to an uninterrupted run, so a --forcerun with unchanged inputs
+# rebuilds the same model); others stop the job with a message naming the changed input, or with
+# <stage>.train.resume: discard are deleted and training starts from step 0.
 
 
 rule train_teacher:
@@ -30,10 +37,10 @@ rule train_teacher:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "{params.launcher} -m pipeline.train.teacher --backbone {params.backbone:q} --triples {input.triples}"
-        " --queries {input.queries} --collection {input.collection} --out {output.model}"
-        " --checkpoints {params.checkpoints} --losses {output.losses} {params.loop:q} {params.options:q}"
-        " > {log} 2>&1"
+        "{params.launcher} -m pipeline.train.teacher --backbone {params.backbone:q} --triples {input.triples:q}"
+        " --queries {input.queries:q} --collection {input.collection:q} --out {output.model:q}"
+        " --checkpoints {params.checkpoints:q} --losses {output.losses:q} {params.loop:q} {params.options:q}"
+        " > {log:q} 2>&1"
 
 
 rule train_student:
@@ -59,6 +66,6 @@ rule train_student:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "{params.launcher} -m pipeline.train.student --triples {input.triples} --queries {input.queries}"
-        " --collection {input.collection} --out {output.model} --checkpoints {params.checkpoints}"
-        " --losses {output.losses} {params.loop:q} {params.options:q} > {log} 2>&1"
+        "{params.launcher} -m pipeline.train.student --triples {input.triples:q} --queries {input.queries:q}"
+        " --collection {input.collection:q} --out {output.model:q} --checkpoints {params.checkpoints:q}"
+        " --losses {output.losses:q} {params.loop:q} {params.options:q} > {log:q} 2>&1"

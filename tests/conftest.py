@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,29 @@ def make_triples_dataset(directory: Path, n_queries: int = 16) -> dict[str, Path
         for i in range(n_queries):
             out.write(f"q{i}\tp{i % len(topics)}\tn{i % len(topics)}\n")
     return paths
+
+
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs")
+
+
+def copy_workflow(destination: Path) -> Path:
+    """A copy of the workflow (not of results or resources) to run Snakemake in, so that it writes nothing
+    into the repository."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, destination / name)
+    return destination
+
+
+def train_small_teacher(root: Path, cfg) -> tuple[Path, dict[str, Path]]:
+    """A tiny random BERT (dropout on), the hand-made triples, and a ColBERT teacher trained on them under
+    `root`/teacher (checkpoints in `root`/ck_teacher)."""
+    from pipeline.train.teacher import train_teacher
+
+    bert = make_tiny_bert(root / "bert", dropout=0.1)
+    data = make_triples_dataset(root / "data")
+    train_teacher(str(bert), data["triples"], data["queries"], data["collection"], root / "teacher",
+                  root / "ck_teacher", root / "teacher.csv", cfg)
+    return bert, data
+

@@ -13,6 +13,7 @@ from pipeline.io import (
     IDS_FILE,
     MANIFEST_FILE,
     InputFormatError,
+    files_record,
     ids_checksum,
     lines_checksum,
     open_shard,
@@ -38,7 +39,8 @@ def make_shards(root, dtype):
         write_ids(out / IDS_FILE, pids[lo:hi])
         (out / MANIFEST_FILE).write_text(json.dumps({
             "model": "m", "model_fingerprint": "m", "pooling": "mean", "dims": DIMS, "dtype": dtype,
-            "count": hi - lo, "ids_checksum": ids_checksum(pids[lo:hi]), "shard": shard, "shards": len(BOUNDS) - 1}))
+            "count": hi - lo, "ids_checksum": ids_checksum(pids[lo:hi]), "shard": shard, "shards": len(BOUNDS) - 1,
+            "files": files_record(out, [EMBEDDINGS_FILE])}))
         directories.append(out)
         vectors.append(rows)
     return directories, pids, np.concatenate(vectors).astype(np.float32)
@@ -85,3 +87,50 @@ def test_blocks_refuse_a_file_shorter_than_its_header(tmp_path):
     path.write_bytes(path.read_bytes()[:-DIMS * 2])  # the last row cut off
     with pytest.raises(InputFormatError, match="10 rows of 24 float16"):
         list(_blocks(path, 4))
+
+
+def test_truncated_shard_is_refused_by_path_before_anything_is_read(tmp_path):
+    directories, _, _ = make_shards(tmp_path, "float16")
+    path = directories[3] / EMBEDDINGS_FILE
+    path.write_bytes(path.read_bytes()[:-100])  # was: "mmap length is greater than file size", naming no file
+    with pytest.raises(InputFormatError, match="truncated") as err:
+        build_index(directories, tmp_path / "collection.tsv", tmp_path / "index")
+    assert str(path) in str(err.value)
+    assert not (tmp_path / "index").exists()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_shard_damaged_at_the_same_size_is_refused_by_its_checksum(tmp_path, kind):
+    """Half of emb.npy zeroed: size, shape and ids as recorded, so only the checksum, hashed as the vectors
+    stream into the index, can tell; the build stops naming the file and writes nothing."""
+    directories, _, _ = make_shards(tmp_path, "float32")
+    path = directories[1] / EMBEDDINGS_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:] = bytes(len(data) - len(data) // 2)
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputFormatError, match="blake2b checksum") as err:
+        build_index(directories, tmp_path / "collection.tsv", tmp_path / "index", kind=kind, hnsw_m=8,
+                    ef_construction=16)
+    assert str(path) in str(err.value)
+    assert not (tmp_path / "index").exists()
+
+
+def test_shard_without_a_file_record_is_refused(tmp_path):
+    directories, _, _ = make_shards(tmp_path, "float16")
+    manifest = json.loads((directories[0] / MANIFEST_FILE).read_text())
+    del manifest["files"]  # as written before manifests recorded their files
+    (directories[0] / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(InputFormatError, match="encode it again") as err:
+        build_index(directories, tmp_path / "collection.tsv", tmp_path / "index")
+    assert str(directories[0] / EMBEDDINGS_FILE) in str(err.value)
+
+
+@pytest.mark.parametrize("name", [MANIFEST_FILE, IDS_FILE, EMBEDDINGS_FILE])
+def test_unreadable_shard_files_are_refused_naming_the_file(tmp_path, name):
+    """Garbage in any file of a shard is an InputFormatError naming it, which encode_corpus answers by encoding
+    the shard again (it catches only InputFormatError)."""
+    directories, _, _ = make_shards(tmp_path, "float16")
+    (directories[1] / name).write_bytes(b"\x93NUMPY garbage" if name == EMBEDDINGS_FILE else b"garbage")
+    with pytest.raises(InputFormatError) as err:
+        open_shard(directories[1])
+    assert str(directories[1] / name) in str(err.value)

@@ -1,7 +1,6 @@
 """Config errors name the key, the bad value, the expectation and the file that set it, in a few lines."""
 
 import copy
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import yaml
 from snakemake.utils import update_config
 
 from pipeline.config_check import MAX_LINES, ConfigError, check_config
-from tests.conftest import ROOT, hang_guard
+from tests.conftest import ROOT, copy_workflow, hang_guard
 
 SCHEMA = ROOT / "schemas" / "config.schema.yaml"
 PAPER = ROOT / "config.yaml"
@@ -110,11 +109,7 @@ def test_valid_configs_pass():
 
 @pytest.fixture
 def workdir(tmp_path) -> Path:
-    """A copy of the workflow files, so that Snakemake writes nothing into the repository."""
-    for name in ["Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs"]:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
-    return tmp_path
+    return copy_workflow(tmp_path)
 
 
 def dry_run(workdir: Path, *args: str) -> list[str]:
@@ -144,3 +139,16 @@ def test_snakemake_attributes_a_typo_to_the_command_line(workdir):
     assert "Invalid config at fuson: unknown key ('fuson' was unexpected); did you mean 'fusion'?" in output
     assert "set in: --config on the command line" in output
     assert "config files merged (later ones override earlier): config.yaml, profiles/demo/workflow.yaml" in output
+
+
+@pytest.mark.parametrize(("settings", "key"), [
+    ({"dense": {"published": {"m;echo INJECTED": "castorini/tct_colbert-msmarco"}}}, "dense.published"),
+    ({"student": {"variants": {"tct inbatch": {"condition": "inbatch"}}}}, "student.variants"),
+    ({"bm25": {"runs": {"$(touch x)": {"collection": "collection"}}}}, "bm25.runs"),
+    ({"bm25": {"runs": {"bm25+dense": {"collection": "collection"}}}}, "bm25.runs"),  # '+' joins hybrids
+    ({"fusion": {"alpha": {"a'b": 0.1}}}, "fusion.alpha"),
+])
+def test_names_reaching_commands_and_file_names_are_checked(tmp_path, settings, key):
+    """Run and model names become shell words, file names and wildcards: the schema admits [A-Za-z0-9_-]."""
+    message = error_for(tmp_path, settings)
+    assert f"Invalid config at {key}:" in message and "does not match '^[A-Za-z0-9_-]+$'" in message

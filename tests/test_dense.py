@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -118,6 +119,33 @@ def test_killed_shard_restarts_cleanly(corpus):
     assert ids == reference_ids and np.allclose(vectors, reference, atol=1e-5)
 
 
+def damage(path, how):
+    """Half of the file zeroed at the same size, or its last 100 bytes cut off."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2] + bytes(len(data) - len(data) // 2) if how == "zeroed" else data[:-100])
+
+
+@pytest.mark.parametrize("how", ["zeroed", "truncated"])
+def test_damaged_shard_is_re_encoded_with_a_warning_naming_the_file(corpus, caplog, how):
+    """A shard whose emb.npy no longer matches its manifest is encoded again, not kept (it was kept when half of
+    it was zeroed, and a truncated one stopped encode with a failing mmap naming no file)."""
+    directory = encode_sharded(corpus, 2, name=f"damaged-{how}")[1]
+    reference, _, _ = open_shard(directory)
+    reference = np.array(reference)
+    damage(directory / EMBEDDINGS_FILE, how)
+    with pytest.raises(InputFormatError, match=re.escape(str(directory / EMBEDDINGS_FILE))):
+        open_shard(directory)
+    with caplog.at_level("WARNING", logger="pipeline.dense.encode"):
+        encode_corpus(str(corpus / "model"), corpus / "collection.tsv", directory, 1, 2, "float32", batch_size=16,
+                      precision="fp32")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"re-encoding {directory}" in warnings[0]
+    assert str(directory / EMBEDDINGS_FILE) in warnings[0]
+    vectors, _, manifest = open_shard(directory)
+    assert np.allclose(vectors, reference, atol=1e-5)
+    assert manifest["files"][EMBEDDINGS_FILE]["bytes"] == (directory / EMBEDDINGS_FILE).stat().st_size
+
+
 def test_hnsw_recall_against_flat(corpus):
     shards = encode_sharded(corpus, 2)
     build_index(shards, corpus / "collection.tsv", corpus / "flat")
@@ -168,10 +196,10 @@ def test_bad_shards_and_mismatched_models_are_refused(corpus, tmp_path):
     shards = encode_sharded(corpus, 2, name="bad")
     vectors = np.load(shards[1] / EMBEDDINGS_FILE)
     np.save(shards[1] / EMBEDDINGS_FILE, vectors[:-1])
-    with pytest.raises(InputFormatError, match=r"vectors and .* ids, manifest says"):
+    with pytest.raises(InputFormatError, match=r"emb\.npy: expected .* bytes holding shape \[115, 32\] float32"):
         build_index(shards, corpus / "collection.tsv", tmp_path / "index")
     np.save(shards[1] / EMBEDDINGS_FILE, vectors.astype(np.float16))
-    with pytest.raises(InputFormatError, match="dtype float16, manifest says float32"):
+    with pytest.raises(InputFormatError, match=r"emb\.npy: expected .* float32"):
         build_index(shards, corpus / "collection.tsv", tmp_path / "index")
     np.save(shards[1] / EMBEDDINGS_FILE, vectors)
     write_id_text(tmp_path / "other.tsv", [("x", "y")])

@@ -4,7 +4,7 @@ import pytest
 import pytrec_eval
 
 from pipeline.evaluate import evaluate_run, read_means, score_run
-from pipeline.io import read_qrels, read_run
+from pipeline.io import InputFormatError, read_qrels, read_run
 from tests.conftest import shared_data
 
 
@@ -47,3 +47,14 @@ def test_peer_bm25_dl19_gives_published_ndcg(tmp_path):
     assert read_means(out) == pytest.approx(means, abs=1e-6)
     assert len(out.read_text().splitlines()) == 1 + len(read_qrels(qrels)) + 1
     assert set(read_run(run)) <= set(read_qrels(qrels))
+
+
+@pytest.mark.parametrize("score", ["nan", "inf"])
+def test_run_with_a_non_finite_score_is_refused(tmp_path, score):
+    """The fault probe: a NaN beside the relevant document turned the query's RR@10 from 1.0 into 0.5."""
+    (tmp_path / "qrels.txt").write_text("q1 0 rel 1\n")
+    run = tmp_path / "run.trec"
+    run.write_text(f"q1 Q0 rel 1 2.0 t\nq1 Q0 other 2 {score} t\n")
+    with pytest.raises(InputFormatError, match=r"run.trec, line 2: expected a finite score"):
+        evaluate_run(run, tmp_path / "qrels.txt", ["RR@10"], tmp_path / "metrics.tsv")
+    assert not (tmp_path / "metrics.tsv").exists()

@@ -1,17 +1,27 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pipeline import io
 from pipeline.io import (
     InputFormatError,
+    atomic_directory,
     atomic_output,
+    npy_record,
     read_collection,
     read_qrels,
     read_queries,
     read_run,
     read_triples,
+    verify_npy,
     write_run,
 )
+from pipeline.run_arrays import read_run_frame
+from tests.conftest import ROOT
 
 
 def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
@@ -69,3 +79,156 @@ def test_atomic_output_leaves_old_file_on_failure(tmp_path):
         raise RuntimeError("crash")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+@pytest.mark.parametrize("score", ["nan", "NaN", "inf", "-inf", "Infinity"])
+@pytest.mark.parametrize("reader", [read_run, read_run_frame])
+def test_non_finite_scores_are_refused_with_file_and_line(tmp_path, reader, score):
+    """A NaN ranks arbitrarily (it turned one query's RR@10 from 1.0 into 0.5): both run readers refuse it."""
+    path = write(tmp_path, "run.trec", f"q1 Q0 a 1 2.0 t\n\nq1 Q0 b 2 {score} t\nq2 Q0 a 1 1.0 t\n")
+    with pytest.raises(InputFormatError, match=r"line 3: expected a finite score") as err:
+        reader(path)
+    assert str(path) in str(err.value) and err.value.line == 3
+
+
+def test_fast_run_reader_names_the_line_of_other_bad_lines_and_keeps_strings(tmp_path):
+    for content, expected in (("q1 Q0 a 1 2.0 t\nq1 Q0 b 2 1.0\n", "line 2: expected 6 fields"),
+                              ("q1 Q0 a 1 2.0 t\nq1 Q0 b 2 1.0 t x\n", "line 2: expected 6 fields"),
+                              ("q1 Q0 a 1 high t\n", "line 1: expected a numeric score")):
+        with pytest.raises(InputFormatError, match=expected):
+            read_run_frame(write(tmp_path, "bad.trec", content))
+    frame = read_run_frame(write(tmp_path, "ok.trec", "NA Q0 null 1 2.5 t\n"))
+    assert frame.to_dict("records") == [{"qid": "NA", "docid": "null", "score": 2.5}]
+
+
+def fsync_counter(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    return calls
+
+
+def test_atomic_output_fsyncs_the_file_before_the_rename(tmp_path, monkeypatch):
+    calls = fsync_counter(monkeypatch)
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (replaced.append(len(calls)), real_replace(a, b))[1])
+    with atomic_output(tmp_path / "out.txt") as out:
+        out.write("data\n")
+    assert replaced and replaced[0] >= 1  # the file was fsynced before it was renamed in
+    assert len(calls) >= 2  # and the directory after (Linux supports it)
+
+
+def test_atomic_directory_fsyncs_every_file_and_directory(tmp_path, monkeypatch):
+    calls = fsync_counter(monkeypatch)
+    with atomic_directory(tmp_path / "out") as staging:
+        (staging / "a").write_text("a")
+        (staging / "sub").mkdir()
+        (staging / "sub" / "b").write_text("b")
+    # two files, two staging directories, then the parent after the rename
+    assert len(calls) >= 5 and (tmp_path / "out" / "sub" / "b").read_text() == "b"
+
+
+def test_atomic_directory_keeps_the_old_output_when_the_new_one_cannot_go_in(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "file").write_text("old")
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        if Path(source).name.endswith(".tmp"):  # the rename of the new output into place
+            raise OSError("disk gone")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk gone"), atomic_directory(out) as staging:
+        (staging / "file").write_text("new")
+    assert (out / "file").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # staging and aside copies cleaned up
+    monkeypatch.setattr(os, "replace", real_replace)
+    with atomic_directory(out) as staging:
+        (staging / "file").write_text("new")
+    assert (out / "file").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old output removed once replaced
+
+
+KILLED_BETWEEN_RENAMES = """
+import os, sys
+from pathlib import Path
+from pipeline.io import atomic_directory
+real = os.replace
+def replace(source, target):
+    if Path(source).name.endswith(".tmp"):
+        os._exit(9)  # as a SIGKILL between the two renames: no clean-up runs
+    real(source, target)
+os.replace = replace
+with atomic_directory(Path(sys.argv[1])) as staging:
+    (staging / "file").write_text("new")
+"""
+
+
+def test_atomic_directory_killed_between_renames_leaves_the_old_output_recoverable(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "file").write_text("old")
+    result = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(out)], cwd=ROOT, timeout=60)
+    assert result.returncode == 9 and not out.exists()
+    (aside,) = tmp_path.glob(".out.*.old")
+    assert (aside / "file").read_text() == "old"
+    # The next atomic_directory for the path puts it back before staging (and a failure then keeps it).
+    with pytest.raises(RuntimeError), atomic_directory(out):
+        assert (out / "file").read_text() == "old"
+        raise RuntimeError("stage failed")
+    assert (out / "file").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_verify_npy_checks_size_shape_and_checksum(tmp_path):
+    path = tmp_path / "emb.npy"
+    np.save(path, np.arange(40, dtype=np.float32).reshape(10, 4))
+    record = npy_record(path)
+    assert record["bytes"] == path.stat().st_size and record["shape"] == [10, 4] and record["dtype"] == "float32"
+    verify_npy(path, record)
+    data = bytearray(path.read_bytes())
+    data[-8:] = bytes(8)  # same size and header, other bytes
+    path.write_bytes(bytes(data))
+    verify_npy(path, record, checksum=False)  # size and shape agree
+    with pytest.raises(InputFormatError, match="blake2b checksum") as err:
+        verify_npy(path, record)
+    assert str(path) in str(err.value)
+    path.write_bytes(bytes(data[:-16]))
+    with pytest.raises(InputFormatError, match="truncated") as err:
+        verify_npy(path, record, checksum=False)
+    assert str(path) in str(err.value)
+    np.save(path, np.arange(40, dtype=np.float32).reshape(4, 10))
+    with pytest.raises(InputFormatError, match=r"shape \[4, 10\] float32"):
+        verify_npy(path, record, checksum=False)
+    with pytest.raises(InputFormatError, match="encode it again"):
+        verify_npy(path, None)
+    assert io.file_checksum(path) == npy_record(path)["blake2b"]
+
+
+def test_atomic_directory_leaves_a_sibling_whose_name_extends_its_own_alone(tmp_path):
+    """`bm25` cleaning up its stale copies must not take `bm25.d2q`'s staging or aside directories for them."""
+    staging_of_other = tmp_path / ".bm25.d2q.k3j9x_2a.tmp"
+    aside_of_other = tmp_path / ".bm25.d2q.0123456789ab.old"
+    own_stale = tmp_path / ".bm25.zz81kq0b.tmp"
+    for directory in (staging_of_other, aside_of_other, own_stale):
+        directory.mkdir()
+    with atomic_directory(tmp_path / "bm25") as staging:
+        (staging / "file").write_text("new")
+    assert staging_of_other.is_dir() and aside_of_other.is_dir() and not own_stale.exists()
+    assert (tmp_path / "bm25" / "file").read_text() == "new"
+
+
+def test_a_killed_writers_staging_is_removed_when_the_next_writer_starts(tmp_path):
+    """SIGKILL skips every clean-up: the next atomic write of the same path removes what was left, and only
+    that path's staging (not that of a sibling output whose name extends it)."""
+    left = [tmp_path / ".run.trec.k3j9x.tmp", tmp_path / ".run.trec.a1b2c.tmp"]
+    left[0].write_text("half a run")
+    left[1].mkdir()
+    sibling = tmp_path / ".run.trec.d2q.q8w7e.tmp"
+    sibling.write_text("another output's staging")
+    with atomic_output(tmp_path / "run.trec") as out:
+        out.write("q 0 d 1 1.0 t\n")
+    assert not any(path.exists() for path in left) and sibling.exists()
+    assert (tmp_path / "run.trec").read_text() == "q 0 d 1 1.0 t\n"

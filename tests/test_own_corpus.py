@@ -16,9 +16,8 @@ import yaml
 
 from pipeline.data.synthetic import synthetic_source
 from pipeline.io import read_qrels
-from tests.conftest import ROOT, hang_guard, small_demo_overlay
+from tests.conftest import ROOT, copy_workflow, hang_guard, small_demo_overlay
 
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs"]
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
 
 
@@ -71,10 +70,7 @@ def snakemake_outside_venv(workdir: Path, *args: str, timeout: float) -> subproc
 
 @pytest.fixture
 def workdir(tmp_path) -> Path:
-    for name in WORKFLOW_FILES:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
-    return tmp_path
+    return copy_workflow(tmp_path)
 
 
 @pytest.mark.slow

@@ -2,16 +2,14 @@
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, hang_guard
+from tests.conftest import ROOT, copy_workflow, hang_guard
 
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs"]
 SNAKEMAKE = re.compile(r"^(\.venv/bin/)?snakemake\s")
 
 
@@ -31,9 +29,7 @@ def test_the_readme_prints_snakemake_commands():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_dry_runs(tmp_path, command):
-    for name in WORKFLOW_FILES:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    copy_workflow(tmp_path)
     arguments = shlex.split(command)[1:]
     result = subprocess.run([sys.executable, "-m", "snakemake", *arguments, "-n"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=hang_guard(120))

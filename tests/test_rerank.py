@@ -6,7 +6,7 @@ import torch
 
 from pipeline.dense.rerank import colbert_rerank
 from pipeline.dense.tokens import encode_tokens
-from pipeline.io import read_manifest, read_run, write_id_text, write_run
+from pipeline.io import InputFormatError, read_manifest, read_run, write_id_text, write_run
 from pipeline.models.colbert import ColBERT
 from tests.conftest import make_tiny_bert
 
@@ -69,3 +69,20 @@ def test_token_index_of_another_teacher_is_refused(teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="token embeddings of the re-ranking teacher"):
         colbert_rerank(str(teacher_dir / "teacher"), [tmp_path / "tok"], teacher_dir / "queries.tsv",
                        teacher_dir / "bm25.trec", tmp_path / "run.trec")
+
+
+@pytest.mark.parametrize(("name", "how"), [("tokens.npy", "zeroed"), ("tokens.npy", "truncated"),
+                                           ("offsets.npy", "zeroed")])
+def test_damaged_token_shard_is_refused_naming_the_file(teacher_dir, tmp_path, name, how):
+    shard = tmp_path / "tok"
+    encode_tokens(str(teacher_dir / "teacher"), teacher_dir / "collection.tsv", shard, 0, 1, "float32",
+                  precision="fp32")
+    manifest = read_manifest(shard)
+    assert manifest["files"][name]["bytes"] == (shard / name).stat().st_size
+    data = (shard / name).read_bytes()
+    cut = len(data) - len(data) // 4  # the last quarter: past the 128-byte header even of the small offsets.npy
+    (shard / name).write_bytes(data[:cut] + bytes(len(data) - cut) if how == "zeroed" else data[:-16])
+    with pytest.raises(InputFormatError, match="blake2b checksum" if how == "zeroed" else "truncated") as err:
+        colbert_rerank(str(teacher_dir / "teacher"), [shard], teacher_dir / "queries.tsv", teacher_dir / "bm25.trec",
+                       tmp_path / "run.trec")
+    assert str(shard / name) in str(err.value) and not (tmp_path / "run.trec").exists()

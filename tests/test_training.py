@@ -19,7 +19,7 @@ from pipeline.train.batches import TripleBatches, read_teacher_scores
 from pipeline.train.loop import LoopConfig
 from pipeline.train.student import read_generated, train_student
 from pipeline.train.teacher import train_teacher
-from tests.conftest import ROOT, hang_guard, make_tiny_bert, make_triples_dataset
+from tests.conftest import ROOT, hang_guard, make_tiny_bert, make_triples_dataset, train_small_teacher
 
 CFG = LoopConfig(steps=12, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=4)
 
@@ -27,10 +27,7 @@ CFG = LoopConfig(steps=12, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_eve
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    bert = make_tiny_bert(root / "bert", dropout=0.1)
-    data = make_triples_dataset(root / "data")
-    train_teacher(str(bert), data["triples"], data["queries"], data["collection"], root / "teacher",
-                  root / "ck_teacher", root / "teacher.csv", CFG)
+    _, data = train_small_teacher(root, CFG)
     return root, data
 
 
@@ -130,7 +127,8 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(setup):
     train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / "a",
                   root / "ck_shared", root / "a.csv", cfg, gamma=0.1)
     more = LoopConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=2)
-    with pytest.raises(ValueError, match="belongs to another training configuration"):
+    with pytest.raises(ValueError, match=r"made from other inputs \(gamma 0.1 -> 0.5; loop.steps 4 -> 6\); "
+                                         r"delete them or set student.train.resume: discard"):
         train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / "b",
                       root / "ck_shared", root / "b.csv", more, gamma=0.5)
     assert not (root / "b").exists()

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -12,18 +11,12 @@ import pytest
 import yaml
 
 from pipeline.io import read_triples
-from tests.conftest import ROOT, hang_guard, small_demo_overlay
-
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs"]
+from tests.conftest import copy_workflow, hang_guard, small_demo_overlay
 
 
 @pytest.fixture
 def workdir(tmp_path) -> Path:
-    """A copy of the workflow (not of results or resources) to run Snakemake in."""
-    for name in WORKFLOW_FILES:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
-    return tmp_path
+    return copy_workflow(tmp_path)
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.data import Source, Split, refuse_empty
-from pipeline.download import download, extract_member
+from pipeline.download import CHECKSUMS, download, extract_member
 from pipeline.io import InputFormatError, iter_lines
 
 OFFICIAL_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/"
@@ -108,7 +108,9 @@ def _fetch(name: str, base_url: str, download_dir: Path, splits: list[str]) -> P
     missing = [member for member in ("corpus.jsonl", "queries.jsonl", *(f"qrels/{s}.tsv" for s in splits))
                if not (root / member).is_file()]
     if missing:
-        archive = download(f"{base_url.rstrip('/')}/{name}.zip", download_dir / f"{name}.zip", MD5.get(name))
+        # A dataset missing from MD5 is pinned on first use in `<download_dir>/checksums.tsv`.
+        archive = download(f"{base_url.rstrip('/')}/{name}.zip", download_dir / f"{name}.zip", MD5.get(name),
+                           checksums=download_dir / CHECKSUMS)
         for member in missing:
             extract_member(archive, member, root / member)
     return root

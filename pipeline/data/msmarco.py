@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.data import Source, Split, read_id_text
-from pipeline.download import download, extract_member, open_member
+from pipeline.download import CHECKSUMS, download, extract_member, open_member
 from pipeline.io import InputFormatError, atomic_output, iter_lines, read_qrels
 
 OFFICIAL_URL = "https://msmarco.z22.web.core.windows.net/msmarcoranking/"
@@ -86,9 +86,11 @@ def msmarco_passage_source(download_dir: Path, base_url: str = OFFICIAL_URL,
     md5 = MD5 if md5 is None else md5
     root = Path(download_dir) / "msmarco-passage"
     base = base_url.rstrip("/") + "/"
+    # A file missing from `md5` is pinned on first use in `<download_dir>/checksums.tsv`.
+    checksums = Path(download_dir) / CHECKSUMS
 
     def fetch(name: str) -> Path:
-        return download(base + name, root / name, md5.get(name), headers=AZURE_HEADERS)
+        return download(base + name, root / name, md5.get(name), headers=AZURE_HEADERS, checksums=checksums)
 
     files = {name: root / name for name in ARCHIVE_MEMBERS}
     missing = [name for name, path in files.items() if not path.is_file()]
@@ -101,7 +103,8 @@ def msmarco_passage_source(download_dir: Path, base_url: str = OFFICIAL_URL,
         packed = fetch("msmarco-test2019-queries.tsv.gz")
         with gzip.open(packed, "rb") as source, atomic_output(dl19_queries, "wb") as out:
             out.write(source.read())
-    dl19_qrels = download(dl19_qrels_url, root / "2019qrels-pass.txt", md5.get("2019qrels-pass.txt"))
+    dl19_qrels = download(dl19_qrels_url, root / "2019qrels-pass.txt", md5.get("2019qrels-pass.txt"),
+                          checksums=checksums)
 
     def split(queries: Path, qrels: Path) -> Split:
         return Split(dict(read_id_text(queries, "qid", empty_text)), read_qrels(qrels), origin=f"{queries} / {qrels}")

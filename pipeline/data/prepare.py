@@ -84,6 +84,8 @@ def prepare_data(source: Source, out_dir: Path, splits: list[str], unknown_judge
     if missing:
         raise ValueError(f"split(s) {missing} not in this dataset; it has {sorted(source.splits)}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".prepare.*"):  # left by a killed run: SIGKILL skips the clean-up below
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".prepare.", dir=out_dir))
     try:
         manifest = _write_all(source, staging, splits, unknown_judged, empty_text)

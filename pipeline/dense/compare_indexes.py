@@ -25,7 +25,7 @@ import pandas as pd
 from pipeline.cli import run_stage
 from pipeline.dense.index import KINDS, add_index_arguments, build_index, index_parameters
 from pipeline.dense.search import load_index
-from pipeline.io import atomic_output, open_shard
+from pipeline.io import atomic_output, open_shard, remove_stale_staging
 from pipeline.timing import time_each
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ def compare_indexes(shard_dirs: list[Path], collection: Path, queries_dir: Path,
     vectors, _, _ = open_shard(queries_dir)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     rows, exact = [], None
-    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".compare-") as scratch:
+    remove_stale_staging(out)  # a killed run's scratch indexes (each as large as the flat index)
+    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=f".{Path(out).name}.", suffix=".tmp") as scratch:
         for kind in ["flat", *(kind for kind in kinds if kind != "flat")]:
             started = time.perf_counter()
             build_index(shard_dirs, collection, Path(scratch, kind), kind, **index_params)

@@ -5,8 +5,17 @@
 
 Shard i holds lines [i * N / n, (i + 1) * N / n) of the collection, so the shards partition it in
 order whatever n is. Passages are encoded in batches of similar length (less padding) and written
-back in collection order. The shard directory appears only when complete; an existing complete
-shard for the same model is kept.
+back in collection order. The shard directory appears only when complete (fsynced, then renamed
+into place); an existing complete shard for the same model is kept.
+
+"Complete" is verified, not assumed: the manifest records the size, shape, dtype and blake2b
+checksum of `emb.npy` (computed once the file is written, before the rename: a second pass over a
+file still in the page cache, about 1.5 s for a 1.7 GB MS MARCO shard against hours of encoding;
+rows are written out of order within each window, so hashing them as written would mean hashing
+each finished window back from the memory map: the same work in more code), and an existing shard
+is checked against all of them before it is kept. A truncated, resized or damaged `emb.npy`, a
+missing or unreadable file, or a manifest without the record is logged as a warning naming the
+file, and the shard is encoded again.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from pipeline.io import (
     MANIFEST_FILE,
     InputFormatError,
     atomic_directory,
+    files_record,
     ids_checksum,
     open_shard,
     read_collection_shard,
@@ -53,9 +63,9 @@ def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shard
         try:
             _, _, manifest = open_shard(out, {"model_fingerprint": fingerprint, "dtype": dtype, "shard": shard,
                                               "shards": shards})
-            log.info("%s is complete for this model: kept", out)
+            log.info("%s is complete for this model (emb.npy matches its recorded size and checksum): kept", out)
             return manifest
-        except InputFormatError as err:
+        except InputFormatError as err:  # the message names the file (emb.npy, ids.parquet or manifest.json)
             log.warning("re-encoding %s: %s", out, err)
     ids, texts = read_collection_shard(collection, shard, shards)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,7 +101,8 @@ def encode_corpus(model: str, collection: Path, out: Path, shard: int = 0, shard
                     "dtype": dtype, "count": len(ids), "ids_checksum": ids_checksum(ids), "shard": shard,
                     "shards": shards, "seconds": round(seconds, 3),
                     "passages_per_second": round(len(ids) / seconds, 2) if seconds else None,
-                    "threads": torch.get_num_threads(), **amp_precision.describe(resolved)}
+                    "threads": torch.get_num_threads(), **amp_precision.describe(resolved),
+                    "files": files_record(staging, [EMBEDDINGS_FILE])}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

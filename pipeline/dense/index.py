@@ -7,6 +7,13 @@ Shards are streamed in order in blocks and their ids held only as the docid file
 memory stays near the size of the index itself (benchmarks/build_index.py measures it).
 The output directory holds `index` and `docid` (the layout pyserini's FaissSearcher reads) and a
 manifest with the model, dimensions and a checksum of the ids, checked against the collection.
+
+Every shard is verified against its manifest: the size, shape and dtype of `emb.npy` before anything is
+read (a truncated file is refused by path, not by a failing mmap), and its blake2b checksum while it
+is streamed into the index: no second read, and each block is hashed in a second thread while it is
+added (on 614 MB of float16 shards on 2 cores, streaming into a flat index took 0.84 s with the
+checksum, 0.73 s without, 1.26 s hashing in line; see pipeline.io for the policy). A mismatch stops
+the build, naming the file, before the index is written.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import json
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -22,12 +30,16 @@ import numpy as np
 
 from pipeline.cli import run_stage
 from pipeline.io import (
+    CHECKSUM,
     EMBEDDINGS_FILE,
     MANIFEST_FILE,
     InputFormatError,
     atomic_directory,
     atomic_output,
+    checksum_mismatch,
     lines_checksum,
+    new_checksum,
+    npy_header,
     open_shard,
     read_collection,
 )
@@ -51,22 +63,38 @@ def _empty_index(kind: str, dims: int, params: dict) -> faiss.Index:
                             faiss.METRIC_INNER_PRODUCT)
 
 
-def _blocks(path: Path, rows: int) -> Iterator[np.ndarray]:
+def _blocks(path: Path, rows: int, record: dict | None = None) -> Iterator[np.ndarray]:
     """A shard's vectors `rows` rows at a time, read from the file (not memory-mapped, so that pages already
     copied into the index do not stay resident) into one buffer: each block is overwritten by the next, so
-    the block being read and the one just consumed are never both alive."""
-    with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = header(handle)
-        if fortran_order or len(shape) != 2:
-            raise InputFormatError(path, None, "a 2-d array in C order", f"shape {shape}, fortran {fortran_order}")
+    the block being read and the one just consumed are never both alive.
+
+    With `record` (the manifest's entry for the file) the file's bytes are hashed as they are read and,
+    once the last block has been consumed, a checksum other than the recorded one is refused."""
+    shape, dtype, fortran_order, offset = npy_header(path)
+    if fortran_order or len(shape) != 2:
+        raise InputFormatError(path, None, "a 2-d array in C order", f"shape {shape}, fortran {fortran_order}")
+    # The hash of a block runs in a thread (hashlib releases the GIL) while the caller adds the same block to
+    # the index, and is waited for before the buffer is read over: hashing costs little wall time.
+    with open(path, "rb") as handle, ThreadPoolExecutor(1) as hasher:
+        digest = None
+        if record is not None:
+            digest = new_checksum()
+            digest.update(handle.read(offset))
+        handle.seek(offset)
         buffer = np.empty((min(rows, shape[0]), shape[1]), dtype=dtype)
         for start in range(0, shape[0], rows):
             block = buffer[:min(rows, shape[0] - start)]
             if handle.readinto(block) != block.nbytes:
                 raise InputFormatError(path, None, f"{shape[0]} rows of {shape[1]} {dtype}", "a shorter file")
+            hashed = hasher.submit(digest.update, block) if digest is not None else None
             yield block
+            if hashed is not None:
+                hashed.result()
+        if digest is not None:
+            while rest := handle.read(1 << 20):  # bytes past the array (open_shard's size check refuses them)
+                digest.update(rest)
+            if digest.hexdigest() != record[CHECKSUM]:
+                raise checksum_mismatch(path)
 
 
 def _training_sample(opened: list, size: int, seed: int) -> np.ndarray:
@@ -88,7 +116,8 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {KINDS}, not {kind!r}")
     # Each shard's ids are kept as their docid lines only: hashed here, written out as they are at the end.
-    loaded = sorted(((Path(d), open_shard(d, ids_as_lines=True)) for d in shard_dirs),
+    # Size, shape and dtype checked here; the checksum as the vectors are streamed in (_blocks).
+    loaded = sorted(((Path(d), open_shard(d, ids_as_lines=True, checksum=False)) for d in shard_dirs),
                     key=lambda item: item[1][2]["shard"])
     shard_dirs, opened = [directory for directory, _ in loaded], [shard for _, shard in loaded]
     first = opened[0][2]
@@ -122,8 +151,9 @@ def build_index(shard_dirs: list[Path], collection: Path, out: Path, kind: str =
         index.codes.resize(count * first["dims"] * 4)
         flat = faiss.rev_swig_ptr(index.codes.data(), index.codes.size()).view(np.float32).reshape(-1, first["dims"])
     row = 0
-    for directory in shard_dirs:  # in shard order
-        for block in _blocks(directory / EMBEDDINGS_FILE, BLOCK if flat is None else FLAT_BLOCK):
+    for directory, (_, _, manifest) in zip(shard_dirs, opened, strict=True):  # in shard order
+        for block in _blocks(directory / EMBEDDINGS_FILE, BLOCK if flat is None else FLAT_BLOCK,
+                             manifest["files"][EMBEDDINGS_FILE]):
             if flat is None:
                 index.add(np.ascontiguousarray(block, dtype=np.float32))
             else:

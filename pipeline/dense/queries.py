@@ -4,7 +4,9 @@
         --out results/D/queries/tct_inbatch.dev
 
 Writes the same shard layout as the corpus (emb.npy float32, ids.parquet, manifest.json); the
-manifest also carries the encoder's latency for one query at a time (median and p95, in ms).
+manifest also carries the encoder's latency for one query at a time (median and p95, in ms), and,
+as a corpus shard's, the size, shape, dtype and blake2b checksum of `emb.npy`, which search,
+compare_indexes and dense_rerank verify in full when they open it (a few MB: milliseconds).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pipeline.io import (
     IDS_FILE,
     MANIFEST_FILE,
     atomic_directory,
+    files_record,
     ids_checksum,
     read_queries,
     write_ids,
@@ -57,6 +60,7 @@ def encode_queries(model: str, queries_path: Path, out: Path, batch_size: int = 
     with atomic_directory(out) as staging:
         np.save(staging / EMBEDDINGS_FILE, vectors)
         write_ids(staging / IDS_FILE, ids)
+        manifest["files"] = files_record(staging, [EMBEDDINGS_FILE])
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -8,6 +8,9 @@ Candidates come from the first-stage run (its top `depth`), document token embed
 precomputed token shards, query embeddings from the teacher on the fly. The latency file records
 re-ranking per query (query encoding + MaxSim), the first stage's latency, their sum, and the
 token index's bytes per passage (the paper's storage argument against multi-stage ColBERT).
+
+Each token shard is verified against its manifest before use, blake2b checksum of `tokens.npy` and
+`offsets.npy` included (pipeline.dense.tokens.open_token_shard): a damaged shard is refused by path.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from tqdm import tqdm
 
 from pipeline.cli import run_stage
 from pipeline.dense.runtime import device_name, model_fingerprint
-from pipeline.io import InputFormatError, atomic_output, read_ids, read_manifest, read_queries, read_run, write_run
+from pipeline.dense.tokens import open_token_shard
+from pipeline.io import atomic_output, read_manifest, read_queries, read_run, write_run
 from pipeline.models.backbone import tokenize_queries
 from pipeline.models.colbert import ColBERT, maxsim
 from pipeline.precision import describe
@@ -35,19 +39,12 @@ log = logging.getLogger(__name__)
 class TokenStore:
     """All token shards, memory-mapped, addressable by passage id."""
 
-    def __init__(self, shard_dirs: list[Path], fingerprint: str):
+    def __init__(self, shard_dirs: list[Path], fingerprint: str, checksum: bool = True):
         self.tokens, self.offsets, self.where = [], [], {}
         self.bytes = self.passages = 0
         for directory in sorted(shard_dirs, key=lambda d: read_manifest(d)["shard"]):
-            manifest = read_manifest(directory)
-            if manifest.get("kind") != "tokens" or manifest["model_fingerprint"] != fingerprint:
-                raise InputFormatError(Path(directory) / "manifest.json", None,
-                                       "token embeddings of the re-ranking teacher", str(manifest.get("model")))
-            tokens = np.load(Path(directory) / "tokens.npy", mmap_mode="r")
-            offsets = np.load(Path(directory) / "offsets.npy")
-            ids = read_ids(Path(directory) / "ids.parquet")
-            if len(offsets) != len(ids) + 1 or offsets[-1] != tokens.shape[0]:
-                raise InputFormatError(directory, None, "offsets covering every token of every passage")
+            # Size, shape, dtype and (with `checksum`) blake2b of tokens.npy and offsets.npy: see open_token_shard.
+            tokens, offsets, ids, _ = open_token_shard(Path(directory), fingerprint, checksum)
             shard = len(self.tokens)
             self.where.update({pid: (shard, row) for row, pid in enumerate(ids)})
             self.tokens.append(tokens)

@@ -113,16 +113,21 @@ def train_doc2query(collection: Path, queries: Path, qrels: Path, out: Path, che
         labels = encode_targets(vocab, batch.queries, max_target_length, eos).to(ctx.device)
         return module(**sources, labels=labels).loss  # token-level cross-entropy, padding ignored
 
-    identity = fingerprint({"stage": "doc2query", "init": init, "tokenizer": tokenizer if init == "scratch" else None,
-                            "size": asdict(size) if init == "scratch" else None, "qrels": str(qrels),
-                            "pairs": len(pairs), "loop": cfg, "max_source_length": max_source_length,
-                            "max_target_length": max_target_length, "world": ctx.world})
+    made_from = fingerprint("doc2query",
+                            {"init": "scratch" if init == "scratch" else "checkpoint",
+                             "size": asdict(size) if init == "scratch" else None, "loop": cfg,
+                             "max_source_length": max_source_length, "max_target_length": max_target_length,
+                             "world": ctx.world},
+                            {"init": None if init == "scratch" else init,
+                             "tokenizer": tokenizer if init == "scratch" else None,
+                             "collection": collection, "queries": queries, "qrels": qrels},
+                            ctx)
 
     def save(directory: Path) -> None:
         model.save_pretrained(directory)  # safetensors
         vocab.save_pretrained(directory)
 
-    fit(model, loss_fn, batches, cfg, checkpoints, identity, ctx, desc="doc2query")
+    fit(model, loss_fn, batches, cfg, checkpoints, made_from, ctx, desc="doc2query")
     finish(save, checkpoints, out, losses, ctx)
 
 

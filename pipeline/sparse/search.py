@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.cli import run_stage
-from pipeline.io import InputFormatError, atomic_output, iter_id_text
+from pipeline.io import InputFormatError, atomic_output, iter_id_text, remove_stale_staging
 from pipeline.sparse.index import lucene_dir
 from pipeline.sparse.jvm import start_jvm
 from pipeline.timing import cpu_name, time_each
@@ -57,6 +57,7 @@ def bm25_search(index_dir: Path, queries_path: Path, run_path: Path, *, k1: floa
     queries = read_search_queries(queries_path)
     run_path.parent.mkdir(parents=True, exist_ok=True)
     # Anserini's topics and run are scratch files beside the run (the run can be large), gone afterwards.
+    remove_stale_staging(run_path)
     with tempfile.TemporaryDirectory(prefix=f".{run_path.name}.", suffix=".tmp", dir=run_path.parent) as scratch:
         topics, anserini_run = Path(scratch, "topics.tsv"), Path(scratch, "run.trec")
         with open(topics, "w", encoding="utf-8", newline="\n") as out:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -99,14 +100,15 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
                   backbone: str | None = None, gather: bool = False, conv: Conventions = Conventions(),
                   ctx: Context | None = None, teacher_scores: Path | None = None,
                   embed_weight: float = 0.0, generated: dict[str, list[str]] | None = None,
-                  generated_ratio: float = 0.0) -> None:
+                  generated_ratio: float = 0.0, generated_files: Sequence[Path] = ()) -> None:
     """Distil `teacher_dir` into a bi-encoder and save it to `out` (condition `none` needs no teacher).
 
     `teacher_scores` replaces the online teacher's scores by a Margin-MSE score file (each query's
     own pair, so `triplet` or `margin_mse` only); `embed_weight` > 0 adds EmbedDistill's embedding
     matching of queries and passages against the teacher's pooled hidden states. `generated` (pid ->
     queries generated from it) mixed in at `generated_ratio`: those rows are labelled by the online
-    teacher alone, which only tight coupling makes possible (no qrels, no precomputed scores).
+    teacher alone, which only tight coupling makes possible (no qrels, no precomputed scores);
+    `generated_files`, the prediction files `generated` was read from, identify it in the checkpoints.
     """
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
@@ -170,13 +172,18 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
                             student_tau, offset, labelled)
         return loss if matching is None else loss + embed_weight * matching
 
-    identity = fingerprint({"stage": "student", "teacher": str(teacher_dir), "init": init, "backbone": backbone,
-                            "triples": str(triples), "loop": cfg, "condition": condition, "gamma": gamma,
-                            "teacher_tau": teacher_tau, "student_tau": student_tau, "gather": gather,
-                            "conv": conv, "world": ctx.world, "teacher_scores": str(teacher_scores),
-                            "embed_weight": embed_weight, "generated": len(generated or {}),
-                            "generated_ratio": generated_ratio})
-    fit(_QueryPassageEncoder(student, matcher), loss_fn, batches, cfg, checkpoints, identity, ctx,
+    made_from = fingerprint(
+        "student",
+        {"init": init, "loop": cfg, "condition": condition, "gamma": gamma, "teacher_tau": teacher_tau,
+         "student_tau": student_tau, "gather": gather, "conv": conv, "world": ctx.world,
+         "embed_weight": embed_weight, "generated_ratio": generated_ratio},
+        {"teacher": teacher_dir if teacher is not None or init == "teacher" else None,
+         "backbone": backbone if init == "backbone" else None, "triples": triples, "queries": queries,
+         "collection": collection, "teacher_scores": teacher_scores,
+         # The prediction files when given (a multi-GB file is sampled), else the queries handed in.
+         "generated": list(generated_files) if generated_files else generated},
+        ctx)
+    fit(_QueryPassageEncoder(student, matcher), loss_fn, batches, cfg, checkpoints, made_from, ctx,
         desc=f"student[{condition}]")
     finish(student.save, checkpoints, out, losses, ctx)
 
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
                   args.init, args.backbone, args.gather, conv, teacher_scores=args.teacher_scores,
                   embed_weight=args.embed_weight,
                   generated=read_generated(args.generated, args.triples) if args.generated else None,
-                  generated_ratio=args.generated_ratio)
+                  generated_ratio=args.generated_ratio, generated_files=args.generated)
 
 
 if __name__ == "__main__":

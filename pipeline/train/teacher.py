@@ -55,10 +55,12 @@ def train_teacher(backbone: str, triples: Path, queries: Path, collection: Path,
         scores = module(query_tokens, doc_tokens)
         return inbatch_cross_entropy(scores) if inbatch else teacher_pairwise_loss(scores)
 
-    identity = fingerprint({"stage": "teacher", "backbone": backbone, "triples": str(triples), "loop": cfg,
-                            "conv": conv, "dim": dim, "bias": bias, "normalize_queries": normalize_queries,
-                            "inbatch": inbatch, "world": ctx.world})
-    fit(model, loss_fn, batches, cfg, checkpoints, identity, ctx, desc="teacher")
+    made_from = fingerprint("teacher", {"loop": cfg, "conv": conv, "dim": dim, "bias": bias,
+                                        "normalize_queries": normalize_queries, "inbatch": inbatch,
+                                        "world": ctx.world},
+                            {"backbone": backbone, "triples": triples, "queries": queries, "collection": collection},
+                            ctx)
+    fit(model, loss_fn, batches, cfg, checkpoints, made_from, ctx, desc="teacher")
     finish(model.save, checkpoints, out, losses, ctx)
 
 

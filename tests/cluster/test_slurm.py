@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, hang_guard, small_demo_overlay
+from tests.conftest import ROOT, copy_workflow, hang_guard, small_demo_overlay
 
 if os.environ.get("PIPELINE_SLURM") != "1":
     pytest.skip("SLURM cluster tests run with `make test-cluster` (PIPELINE_SLURM=1): they install and start a "
@@ -32,7 +31,6 @@ LOCAL_RULES = {"all", "prepare_data", "tables", "report"}
 GPU_RULES = {"train_teacher", "train_student", "encode_corpus", "encode_queries", "encode_tokens", "colbert_rerank",
              "train_doc2query", "generate_doc2query"}
 TORCHRUN_PROCESSES = 2               # train_teacher's processes (teacher.gpus) in the demo DAG test
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs"]
 # The first status query waits seconds-between-status-checks, the later ones the plugin's own interval:
 # shortened from the profile's 30 / 40 s so that a DAG of ~15 dependent steps does not wait ~10 min.
 FAST_STATUS = ["--seconds-between-status-checks", "5", "--slurm-init-seconds-before-status-checks", "5"]
@@ -131,14 +129,6 @@ def small_demo(workdir: Path) -> list[str]:
     settings["teacher"]["gpus"] = TORCHRUN_PROCESSES
     overlay.write_text(yaml.safe_dump(settings))
     return ["--configfile", "config.yaml", "profiles/demo/workflow.yaml", str(overlay)]
-
-
-def copy_workflow(destination: Path) -> Path:
-    destination.mkdir()
-    for name in WORKFLOW_FILES:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, destination / name)
-    return destination
 
 
 def profile_for_this_cluster(workdir: Path, rules: list[str]) -> Path:

@@ -21,7 +21,7 @@ from pipeline.io import (
     write_run,
 )
 from pipeline.run_arrays import read_run_frame
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hang_guard
 
 
 def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
@@ -171,7 +171,7 @@ def test_atomic_directory_killed_between_renames_leaves_the_old_output_recoverab
     out = tmp_path / "out"
     out.mkdir()
     (out / "file").write_text("old")
-    result = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(out)], cwd=ROOT, timeout=60)
+    result = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(out)], cwd=ROOT, timeout=hang_guard(60))
     assert result.returncode == 9 and not out.exists()
     (aside,) = tmp_path.glob(".out.*.old")
     assert (aside / "file").read_text() == "old"

@@ -8,7 +8,7 @@ import torch
 
 from pipeline import precision
 from pipeline.train.batches import TripleBatches
-from pipeline.train.loop import Context, LoopConfig, fit
+from pipeline.train.loop import Context, LoopConfig, fingerprint, fit
 from tests.conftest import make_tiny_bert, make_triples_dataset
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
@@ -139,7 +139,7 @@ def test_fp16_training_scales_the_loss_and_skips_an_overflowing_step(tmp_path, m
         return out * float("inf") if len(snapshots) == 2 else out  # step 2's gradients overflow
 
     cfg = LoopConfig(steps=3, batch_size=4, lr=0.1, checkpoint_every=100, precision="fp16")
-    fit(model, loss_fn, batches, cfg, tmp_path / "ck", "tiny", Context(CPU), desc="fp16")
+    fit(model, loss_fn, batches, cfg, tmp_path / "ck", fingerprint("tiny", {}, {}), Context(CPU), desc="fp16")
     assert not torch.equal(snapshots[0], snapshots[1])  # step 1 updated the weights
     assert torch.equal(snapshots[1], snapshots[2])  # step 2 overflowed: skipped
     assert torch.isfinite(model.linear.weight).all()
@@ -153,7 +153,7 @@ def test_fp32_training_has_no_scaler_and_logs_fp32(tmp_path, monkeypatch, batche
     model = _Tiny()
     cfg = LoopConfig(steps=2, batch_size=4, lr=0.1, checkpoint_every=100, precision="auto")
     fit(model, lambda module, batch: module.linear(torch.ones(4, 4)).pow(2).mean(), batches, cfg,
-        tmp_path / "ck", "tiny", Context(CPU), desc="fp32")
+        tmp_path / "ck", fingerprint("tiny", {}, {}), Context(CPU), desc="fp32")
     assert last_checkpoint(tmp_path / "ck")["scaler"] == {}
     assert set(pd.read_csv(tmp_path / "ck" / "losses.csv")["precision"]) == {"fp32"}
 

@@ -260,33 +260,24 @@ def _checkpoints(directory: Path) -> list[Path]:
 
 
 def _save_checkpoint(directory: Path, state: dict, keep: int) -> None:
-    path = directory / f"step-{state['step']:08d}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    with open(tmp, "wb") as out:
+    with atomic_output(directory / f"step-{state['step']:08d}.pt", "wb") as out:  # fsynced, then renamed
         torch.save(state, out)
-        out.flush()
-        os.fsync(out.fileno())  # a crash after the rename leaves the whole checkpoint, not an empty file
-    os.replace(tmp, path)
     for old in _checkpoints(directory)[:-keep]:
         old.unlink()
 
 
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor], batches: TripleBatches,
-        cfg: LoopConfig, checkpoint_dir: Path, made_from: Fingerprint | str, ctx: Context,
-        desc: str = "train") -> None:
+        cfg: LoopConfig, checkpoint_dir: Path, made_from: Fingerprint, ctx: Context, desc: str = "train") -> None:
     """Train `model` in place for `cfg.steps` optimisation steps, resuming from `checkpoint_dir`.
 
     `loss_fn(module, micro_batch)` returns the mean loss of one micro-batch; `module` is the DDP
     wrapper when distributed. Losses (mean over the global batch) go to `checkpoint_dir/losses.csv`.
     A checkpoint is resumed only if it was made from `made_from` (inputs and settings); otherwise
     `cfg.resume` decides: "auto" stops with a ValueError naming what changed, "discard" deletes the
-    checkpoints and trains from step 0. A plain string as `made_from` is an identity the caller
-    computed itself, with no inputs to compare.
+    checkpoints and trains from step 0.
     """
     if cfg.resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {RESUME_MODES}, not {cfg.resume!r}")
-    if isinstance(made_from, str):
-        made_from = Fingerprint(desc, {}, {"identity": made_from})
     parts = ctx.world * cfg.accumulation
     if cfg.batch_size % parts:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by world size x accumulation = {parts}")
@@ -416,7 +407,7 @@ def _resume(model, optimizer, scheduler, scaler, checkpoint_dir: Path, made_from
         if ctx.main:
             log.warning("discarding %d checkpoint(s) under %s: made from other inputs (%s); training from step 0",
                         len(existing), checkpoint_dir, reason)
-            for path in existing + list(checkpoint_dir.glob("step-*.pt.tmp")):
+            for path in existing + list(checkpoint_dir.glob(".step-*.pt.*.tmp")):  # atomic_output's, if killed
                 path.unlink(missing_ok=True)
         if ctx.world > 1:
             dist.barrier()

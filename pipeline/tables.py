@@ -191,6 +191,9 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
     header, rows = build_table1(spec, results)
     notes = ["`*`: paired two-sided t-test over queries against the run in `compared_to`, p < 0.05. "
              "Latency: median ms/query on this machine (hybrids: max(sparse, dense) + fusion).", spec.get("note", "")]
+    if spec.get("show_paper"):
+        notes += [f"{row['name']}: reference figures from {row['reference']}." for row in spec["rows"]
+                  if row.get("reference")]
     _write(Path(out_dir) / "table1.tsv", f"Table 1 - {spec.get('dataset', '')}", header, rows, notes)
     if spec.get("table2"):
         header, rows = build_table2(spec["table2"], results)

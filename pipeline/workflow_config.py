@@ -4,14 +4,17 @@ Snakemake merges a profile's config over config.yaml key by key, so an overlay c
 not take away. `resolve_config` runs once, after schema validation, and gives an overlay these rules:
 
 - `null` removes what is inherited: a whole table (`table2`, `table3`, `table4`), the `report`, or one
-  entry of `bm25.runs`, `student.variants`, `dense.published` or `table1.rows`;
+  entry of `bm25.runs`, `student.variants`, `dense.published`, `rerank.candidates` or `table1.rows`;
 - settings left out follow the dataset: the split of Tables 2 and 3, of the report, of Table 1's
   latency column and of the index comparison is the first split of `evaluation.columns`; the measure of
   Table 3 and of the report is the first measure of Table 1; alpha is tuned on RR@10 on MS MARCO (the
   paper's choice) and on Table 1's first measure on any other dataset;
 - `doc2query.source: none` leaves out everything built on the expansion: the sparse runs indexing it,
   the students trained on generated queries, and the table rows, strategies and conditions using them;
-- every split and run a table names must exist, or the error says which key to change.
+- on a dataset other than msmarco-passage, the candidate lists naming MS MARCO's official files go, with
+  the rows re-ranking them; Table 3 then re-ranks the first sparse run;
+- every split and run a table names must exist, or the error says which key to change; a run re-ranking
+  a candidate list of `rerank.candidates` needs that list for every split it is evaluated on.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import re
 
 from pipeline.config_check import ConfigError
+from pipeline.data.candidates import OFFICIAL
 
-REMOVABLE_ENTRIES = (("bm25", "runs"), ("student", "variants"), ("dense", "published"), ("table1", "rows"))
+REMOVABLE_ENTRIES = (("bm25", "runs"), ("student", "variants"), ("dense", "published"), ("rerank", "candidates"),
+                     ("table1", "rows"))
 
 
 class ConfigReferenceError(ConfigError):
@@ -29,10 +34,13 @@ class ConfigReferenceError(ConfigError):
 
 def resolve_config(config: dict) -> list[str]:
     """Apply removals, dataset-following defaults and the doc2query switch to `config` in place, then check
-    every cross-reference. Returns one note per thing left out because doc2query is switched off."""
+    every cross-reference. Returns one note per thing left out (doc2query switched off, MS MARCO's official
+    candidate lists on another dataset), each saying why."""
     for section, key in REMOVABLE_ENTRIES:
         config[section][key] = {name: entry for name, entry in config[section][key].items() if entry is not None}
     notes = _without_doc2query(config) if config["doc2query"]["source"] == "none" else []
+    if config["dataset"]["source"] != "msmarco-passage":
+        notes += _without_official_candidates(config)
     _follow_dataset(config)
     check_references(config)
     return notes
@@ -78,7 +86,28 @@ def _without_doc2query(config: dict) -> list[str]:
     for name in removed:
         runs.pop(name, None)
         variants.pop(name, None)
-    notes = list(removed.values())
+    return [f"doc2query.source is none: {note}" for note in [*removed.values(), *_remove_users(config, removed)]]
+
+
+def _without_official_candidates(config: dict) -> list[str]:
+    """On a dataset other than MS MARCO passage, remove the candidate lists naming MS MARCO's official files
+    (inherited from config.yaml) and what re-ranks them; one note per removed thing."""
+    candidates = config["rerank"]["candidates"]
+    removed = {name: f"rerank.candidates.{name}" for name, files in candidates.items()
+               if set(files.values()) <= set(OFFICIAL)}
+    for name in removed:
+        del candidates[name]
+    notes = [*removed.values(), *_remove_users(config, removed)]
+    table3 = config["table3"]
+    if table3 is not None and table3["sparse"] in removed and config["bm25"]["runs"]:
+        table3["sparse"] = next(iter(config["bm25"]["runs"]))
+        notes.append(f"table3.sparse is now {table3['sparse']}")
+    return [f"MS MARCO's official candidate lists are not {config['dataset']['name']}'s: {note}" for note in notes]
+
+
+def _remove_users(config: dict, removed: dict) -> list[str]:
+    """Remove the Table 1 rows, Table 3 conditions and Table 4 strategies built on a removed run; their notes."""
+    notes = []
 
     def uses_removed(*named: str | None) -> bool:
         return any(part in removed for run in named if run for part in run_parts(run))
@@ -101,14 +130,19 @@ def run_parts(run: str) -> list[str]:
     return re.split(r"\+|-rerank-", run.removeprefix("colbert-"))
 
 
+def first_stage_runs(config: dict) -> set[str]:
+    """Runs a model can re-rank: the sparse runs and the candidate lists read from files."""
+    return set(config["bm25"]["runs"]) | set(config["rerank"]["candidates"])
+
+
 def known_runs(config: dict) -> set[str]:
-    """Every run the workflow can produce: sparse runs, dense models, their hybrids, the ColBERT
-    re-ranking of each sparse run, and each dense model re-ranking each sparse run."""
-    sparse = set(config["bm25"]["runs"])
+    """Every run the workflow can produce: sparse runs, candidate lists, dense models, their hybrids with
+    sparse runs, the ColBERT re-ranking of each first-stage run, and each dense model re-ranking each."""
+    sparse, first = set(config["bm25"]["runs"]), first_stage_runs(config)
     dense = set(config["student"]["variants"]) | set(config["dense"]["published"])
-    derived = {f"colbert-{s}" for s in sparse}
-    derived |= {f"{d}{joiner}{s}" for d in dense for s in sparse for joiner in ("+", "-rerank-")}
-    return sparse | dense | derived
+    derived = {f"colbert-{s}" for s in first} | {f"{d}+{s}" for d in dense for s in sparse}
+    derived |= {f"{d}-rerank-{s}" for d in dense for s in first}
+    return first | dense | derived
 
 
 def check_references(config: dict) -> None:
@@ -129,6 +163,23 @@ def check_references(config: dict) -> None:
     for key, run, fix in _named_runs(config):
         if run not in known:
             raise ConfigReferenceError(f"{key} names run {run!r}, which {_why_unknown(config, run)}: {fix}")
+    _check_candidate_splits(config)
+
+
+def _check_candidate_splits(config: dict) -> None:
+    """A candidate list must have a file for every split a table evaluates a run built on it."""
+    candidates = config["rerank"]["candidates"]
+    table1_splits = list(dict.fromkeys(column["split"] for column in config["evaluation"]["columns"]))
+    uses = [(f"table1.rows.{name!r}", run, split) for name, row in config["table1"]["rows"].items()
+            for run in filter(None, (row["run"], row.get("compare_to"))) for split in table1_splits]
+    if config["table3"] is not None:
+        uses.append(("table3.sparse", config["table3"]["sparse"], config["table3"]["split"]))
+    for key, run, split in uses:
+        for part in run_parts(run):
+            if part in candidates and split not in candidates[part]:
+                raise ConfigReferenceError(
+                    f"{key} uses candidate list {part!r} on split {split!r}, which rerank.candidates.{part} has no file "
+                    f"for: add one, or change {key}")
 
 
 def _named_runs(config: dict) -> list[tuple[str, str, str]]:
@@ -159,11 +210,11 @@ def _named_runs(config: dict) -> list[tuple[str, str, str]]:
 
 def _why_unknown(config: dict, run: str) -> str:
     """A short reason: the sparse run or dense model the name is built from is not defined."""
-    defined = set(config["bm25"]["runs"]) | set(config["student"]["variants"]) | set(config["dense"]["published"])
+    defined = first_stage_runs(config) | set(config["student"]["variants"]) | set(config["dense"]["published"])
     missing = [part for part in run_parts(run) if part not in defined]
     if not missing:
-        return ("no rule produces (runs are <sparse>, <dense>, <dense>+<sparse>, colbert-<sparse>, "
-                "<dense>-rerank-<sparse>)")
-    where = "is not defined in bm25.runs, student.variants or dense.published"
+        return ("no rule produces (runs are <sparse>, <candidates>, <dense>, <dense>+<sparse>, colbert-<first stage>, "
+                "<dense>-rerank-<first stage>, where a first stage is a sparse run or a candidate list)")
+    where = "is not defined in bm25.runs, rerank.candidates, student.variants or dense.published"
     what = "" if missing == [run] else f"uses {', '.join(map(repr, missing))}, which "
     return f"{what}{where} (removed by a profile's null, or by doc2query.source none)"

@@ -13,7 +13,7 @@ from pipeline.workflow_config import resolve_config
 # Profiles' `null` removals, splits and measures that follow the dataset, doc2query's switch, references checked.
 _left_out = resolve_config(config)
 if _left_out:
-    logger.info(f"doc2query.source is none, so these are left out: {'; '.join(_left_out)}")
+    logger.info(f"left out: {'; '.join(_left_out)}")
 
 # The rules' `python` is the interpreter running Snakemake (`.venv/bin/snakemake` works without activating the
 # venv), except under --sdm conda, where each rule's environment provides it. Snakemake's own prefix is kept.
@@ -29,13 +29,16 @@ BENCH = f"{OUT}/benchmarks"
 SPARSE_RUNS = config["bm25"]["runs"]
 VARIANTS = config["student"]["variants"]
 PUBLISHED = config["dense"]["published"]
+CANDIDATES = config["rerank"]["candidates"]
 D2Q = config["doc2query"]
 DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
 if "tune" in DATASET["splits"]:
     raise ValueError("'tune' is the alpha-tuning sample drawn from train; choose another split name")
-_clashes = (set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & set(SPARSE_RUNS)) | ({"teacher"} & set(DENSE_MODELS))
+_clashes = ((set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & (set(SPARSE_RUNS) | set(CANDIDATES)))
+            | (set(SPARSE_RUNS) & set(CANDIDATES)) | ({"teacher"} & set(DENSE_MODELS)))
 if _clashes:
-    raise ValueError(f"run names must be unique across bm25.runs, student.variants and dense.published: {_clashes}")
+    raise ValueError("run names must be unique across bm25.runs, rerank.candidates, student.variants and "
+                     f"dense.published: {_clashes}")
 
 
 wildcard_constraints:
@@ -43,6 +46,8 @@ wildcard_constraints:
     shard="[0-9]+",
     run="[A-Za-z0-9_+-]+",
     sparse="|".join(sorted(SPARSE_RUNS)),
+    candidates="|".join(sorted(CANDIDATES)),
+    first="|".join(sorted({*SPARSE_RUNS, *CANDIDATES})),
     stem="[A-Za-z0-9._-]+",
     variant="|".join(sorted(VARIANTS)),
     model="|".join(DENSE_MODELS),
@@ -98,6 +103,27 @@ def sparse_setting(key):
     return lambda wildcards: SPARSE_RUNS[wildcards.sparse].get(key, {"k1": 0.9, "b": 0.4}.get(key))
 
 
+def candidate_source(wildcards):
+    """Params function: the official list name or file of a candidate run on a split (rerank.candidates)."""
+    files = CANDIDATES[wildcards.candidates]
+    if wildcards.split not in files:
+        raise ValueError(f"rerank.candidates.{wildcards.candidates} has no file for split {wildcards.split!r}: "
+                         "add one, or do not evaluate runs built on it there")
+    return files[wildcards.split]
+
+
+def candidate_inputs(wildcards):
+    """Input function: a candidate file of your own is an input (Snakemake reruns when it changes)."""
+    source = candidate_source(wildcards)
+    return {"file": source} if Path(source).is_file() else {}
+
+
+def candidate_options():
+    """An MS MARCO mirror named by dataset.location serves the official candidate lists too."""
+    location = DATASET["location"]
+    return ["--base-url", location] if DATASET["source"] == "msmarco-passage" and location else []
+
+
 def sparse_index(wildcards):
     return f"{RES}/indexes/bm25-{SPARSE_RUNS[wildcards.sparse]['collection']}"
 
@@ -131,7 +157,8 @@ def table_inputs(wildcards):
     for row in config["table1"]["rows"].values():
         for run in filter(None, (row["run"], row.get("compare_to"))):
             files += [f"{OUT}/metrics/{run}.{split}.tsv" for split in splits]
-        files.append(f"{OUT}/runs/{row['run']}.{latency_split}.latency.json")
+        if row["run"] not in CANDIDATES:  # a candidate list read from a file has no latency of its own
+            files.append(f"{OUT}/runs/{row['run']}.{latency_split}.latency.json")
     latency = config["table2"]
     if latency:
         split, dense, sparse = latency["split"], latency["dense"], latency["sparse"]

@@ -168,14 +168,14 @@ rule colbert_rerank:
         model=f"{RES}/models/teacher",
         tokens=token_shards,
         queries=f"{RES}/queries.{{split}}.tsv",
-        candidates=f"{OUT}/runs/{{sparse}}.{{split}}.trec",
+        candidates=f"{OUT}/runs/{{first}}.{{split}}.trec",
     output:
-        run=f"{OUT}/runs/colbert-{{sparse}}.{{split}}.trec",
-        latency=f"{OUT}/runs/colbert-{{sparse}}.{{split}}.latency.json",
+        run=f"{OUT}/runs/colbert-{{first}}.{{split}}.trec",
+        latency=f"{OUT}/runs/colbert-{{first}}.{{split}}.latency.json",
     log:
-        f"{LOGS}/colbert_rerank.{{sparse}}.{{split}}.log",
+        f"{LOGS}/colbert_rerank.{{first}}.{{split}}.log",
     benchmark:
-        f"{BENCH}/colbert_rerank.{{sparse}}.{{split}}.tsv"
+        f"{BENCH}/colbert_rerank.{{first}}.{{split}}.tsv"
     params:
         depth=config["rerank"]["depth"],
         latency_queries=config["dense"]["latency_queries"],
@@ -196,13 +196,13 @@ rule dense_rerank:
     input:
         shards=corpus_shards,
         queries=f"{OUT}/queries/{{model}}.{{split}}",
-        candidates=f"{OUT}/runs/{{sparse}}.{{split}}.trec",
+        candidates=f"{OUT}/runs/{{first}}.{{split}}.trec",
     output:
-        f"{OUT}/runs/{{model}}-rerank-{{sparse}}.{{split}}.trec",
+        f"{OUT}/runs/{{model}}-rerank-{{first}}.{{split}}.trec",
     log:
-        f"{LOGS}/dense_rerank.{{model}}.{{sparse}}.{{split}}.log",
+        f"{LOGS}/dense_rerank.{{model}}.{{first}}.{{split}}.log",
     benchmark:
-        f"{BENCH}/dense_rerank.{{model}}.{{sparse}}.{{split}}.tsv"
+        f"{BENCH}/dense_rerank.{{model}}.{{first}}.{{split}}.tsv"
     params:
         depth=config["rerank"]["depth"],
     threads: 1
@@ -214,4 +214,4 @@ rule dense_rerank:
     shell:
         "python -m pipeline.dense.rescore --shards {input.shards:q} --queries {input.queries:q}"
         " --candidates {input.candidates:q} --run {output:q} --depth {params.depth:q}"
-        " --tag {wildcards.model:q}-rerank-{wildcards.sparse:q} > {log:q} 2>&1"
+        " --tag {wildcards.model:q}-rerank-{wildcards.first:q} > {log:q} 2>&1"

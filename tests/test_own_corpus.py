@@ -89,7 +89,7 @@ def test_own_corpus_train_test_splits_end_to_end(workdir):
                                     "profiles/mine/workflow.yaml", str(speed), timeout=1200)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert (workdir / "config.yaml").read_text() == paper_config
-    assert "doc2query.source is none, so these are left out" in result.stdout + result.stderr
+    assert "left out: doc2query.source is none:" in result.stdout + result.stderr
 
     lines = (workdir / "results" / "table1.tsv").read_text().splitlines()
     header = lines[0].split("\t")

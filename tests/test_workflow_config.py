@@ -61,7 +61,10 @@ def test_train_test_dataset_needs_no_table_settings():
     assert config["table2"]["split"] == config["table3"]["split"] == config["report"]["split"] == "test"
     assert config["table3"]["measure"] == config["report"]["measure"] == "nDCG@10"
     assert config["fusion"]["tune_measure"] == "nDCG@10"  # not RR@10: this is not MS MARCO
-    assert "bm25.runs.d2q (indexes collection.d2q)" in notes
+    assert "doc2query.source is none: bm25.runs.d2q (indexes collection.d2q)" in notes
+    # MS MARCO's official candidate lists go with the row re-ranking them; Table 3 re-ranks BM25 instead.
+    assert config["rerank"]["candidates"] == {} and config["table3"]["sparse"] == "bm25"
+    assert "MS MARCO's official candidate lists are not mine's: table1.rows.'ColBERT (re-rank BM25 top-1000)'" in notes
 
 
 def test_doc2query_none_takes_its_dependants_with_it():
@@ -70,10 +73,24 @@ def test_doc2query_none_takes_its_dependants_with_it():
     assert not [name for name, row in config["table1"]["rows"].items() if "d2q" in row["run"]]
     assert "tct_generated" not in config["table4"]["strategies"].values()
     assert len(config["table4"]["strategies"]) == 4
-    assert notes == ["bm25.runs.d2q (indexes collection.d2q)",
-                     "student.variants.tct_generated (trains on generated queries)",
-                     "table1.rows.'doc2query-T5'", "table1.rows.'PoolAvg + doc2query-T5'",
-                     "table1.rows.'TCT-ColBERT + doc2query-T5'", "table4.strategies.'Eq. 6 + generated queries'"]
+    assert notes == ["doc2query.source is none: " + note for note in (
+        "bm25.runs.d2q (indexes collection.d2q)", "student.variants.tct_generated (trains on generated queries)",
+        "table1.rows.'doc2query-T5'", "table1.rows.'PoolAvg + doc2query-T5'",
+        "table1.rows.'TCT-ColBERT + doc2query-T5'", "table4.strategies.'Eq. 6 + generated queries'")]
+
+
+def test_candidate_lists_are_first_stage_runs_and_need_every_evaluated_split():
+    config, notes = merged()
+    assert config["table1"]["rows"]["ColBERT (re-rank BM25 top-1000)"]["run"] == "colbert-top1000" and not notes
+    assert config["table3"]["sparse"] == "top1000"
+    paper = copy.deepcopy(PAPER)
+    paper["rerank"]["candidates"]["top1000"] = {"dev": "top1000.dev"}  # overlays merge: replace it here
+    validate(paper, str(ROOT / "schemas" / "config.schema.yaml"))
+    with pytest.raises(ConfigReferenceError, match=r"candidate list 'top1000' on split 'dl19'.*rerank.candidates"):
+        resolve_config(paper)
+    config, _ = merged({"rerank": {"candidates": {"top1000": None}},
+                        "table1": {"rows": {"ColBERT (re-rank BM25 top-1000)": None}}, "table3": {"sparse": "bm25"}})
+    assert config["rerank"]["candidates"] == {}
 
 
 def test_explicit_settings_win_over_the_dataset_defaults():
@@ -94,7 +111,7 @@ def test_report_scatter_follows_table1_without_table2():
     (({"dataset": {"splits": ["train", "test"]}},),
      "evaluation.columns[0].split is 'dev', not one of dataset.splits ['train', 'test']"),
     (({"student": {"variants": {"poolavg": None}}},),
-     "table1.rows.'Bi-encoder (PoolAvg)'.run names run 'poolavg', which is not defined in bm25.runs, "
+     "table1.rows.'Bi-encoder (PoolAvg)'.run names run 'poolavg', which is not defined in bm25.runs, rerank.candidates, "
      "student.variants or dense.published"),
     (({"student": {"variants": {"poolavg": None}}, "table1": {"rows": {
         "Bi-encoder (PoolAvg)": None, "PoolAvg + BM25": None, "PoolAvg + doc2query-T5": None}},

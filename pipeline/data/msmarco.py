@@ -47,7 +47,7 @@ def _text_key(text: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def _decoded(stream: BinaryIO, origin: str) -> Iterator[tuple[int, str]]:
+def decoded_lines(stream: BinaryIO, origin: str) -> Iterator[tuple[int, str]]:
     """(line number, line) from a binary stream, strict UTF-8, as `pipeline.io.iter_lines` does for files."""
     for number, raw in enumerate(stream, start=1):
         try:
@@ -128,7 +128,7 @@ def msmarco_passage_source(download_dir: Path, base_url: str = OFFICIAL_URL,
             yield from _id_triples(iter_lines(extracted), str(extracted), passages(), train_queries)
             return
         with open_member(fetch(archived.name), TRIPLES_MEMBER) as stream:
-            yield from _id_triples(_decoded(stream, triples_origin), triples_origin, passages(), train_queries)
+            yield from _id_triples(decoded_lines(stream, triples_origin), triples_origin, passages(), train_queries)
 
     return Source(collection=passages, collection_origin=str(collection), splits=splits, triples=triples,
                   triples_origin=triples_origin, notes=["triples.train.small mapped from text to ids"])

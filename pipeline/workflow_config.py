@@ -178,8 +178,8 @@ def _check_candidate_splits(config: dict) -> None:
         for part in run_parts(run):
             if part in candidates and split not in candidates[part]:
                 raise ConfigReferenceError(
-                    f"{key} uses candidate list {part!r} on split {split!r}, which rerank.candidates.{part} has no file "
-                    f"for: add one, or change {key}")
+                    f"{key} uses candidate list {part!r} on split {split!r}, which rerank.candidates.{part} has "
+                    f"no file for: add one, or change {key}")
 
 
 def _named_runs(config: dict) -> list[tuple[str, str, str]]:

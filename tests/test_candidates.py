@@ -80,5 +80,5 @@ def test_a_bad_line_names_file_and_line(tmp_path):
 
 
 def test_unknown_source_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="top1000.eval"):
+    with pytest.raises(FileNotFoundError, match=r"top1000\.eval"):
         candidate_run("top1000.eval", _queries(tmp_path), tmp_path / "run.trec")

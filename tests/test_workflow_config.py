@@ -111,8 +111,8 @@ def test_report_scatter_follows_table1_without_table2():
     (({"dataset": {"splits": ["train", "test"]}},),
      "evaluation.columns[0].split is 'dev', not one of dataset.splits ['train', 'test']"),
     (({"student": {"variants": {"poolavg": None}}},),
-     "table1.rows.'Bi-encoder (PoolAvg)'.run names run 'poolavg', which is not defined in bm25.runs, rerank.candidates, "
-     "student.variants or dense.published"),
+     "table1.rows.'Bi-encoder (PoolAvg)'.run names run 'poolavg', which is not defined in bm25.runs, "
+     "rerank.candidates, student.variants or dense.published"),
     (({"student": {"variants": {"poolavg": None}}, "table1": {"rows": {
         "Bi-encoder (PoolAvg)": None, "PoolAvg + BM25": None, "PoolAvg + doc2query-T5": None}},
       "table3": None, "table4": None},),

@@ -137,12 +137,13 @@ def first_stage_runs(config: dict) -> set[str]:
 
 def known_runs(config: dict) -> set[str]:
     """Every run the workflow can produce: sparse runs, candidate lists, dense models, their hybrids with
-    sparse runs, the ColBERT re-ranking of each first-stage run, and each dense model re-ranking each."""
+    sparse runs, ColBERT end to end (`colbert`), its re-ranking of each first-stage run, and each dense
+    model re-ranking each."""
     sparse, first = set(config["bm25"]["runs"]), first_stage_runs(config)
     dense = set(config["student"]["variants"]) | set(config["dense"]["published"])
     derived = {f"colbert-{s}" for s in first} | {f"{d}+{s}" for d in dense for s in sparse}
     derived |= {f"{d}-rerank-{s}" for d in dense for s in first}
-    return first | dense | derived
+    return first | dense | derived | {"colbert"}
 
 
 def check_references(config: dict) -> None:

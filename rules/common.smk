@@ -35,22 +35,28 @@ DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
 if "tune" in DATASET["splits"]:
     raise ValueError("'tune' is the alpha-tuning sample drawn from train; choose another split name")
 _clashes = ((set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & (set(SPARSE_RUNS) | set(CANDIDATES)))
-            | (set(SPARSE_RUNS) & set(CANDIDATES)) | ({"teacher"} & set(DENSE_MODELS)))
+            | (set(SPARSE_RUNS) & set(CANDIDATES)) | ({"teacher", "colbert"} & {*DENSE_MODELS, *SPARSE_RUNS, *CANDIDATES}))
 if _clashes:
     raise ValueError("run names must be unique across bm25.runs, rerank.candidates, student.variants and "
                      f"dense.published: {_clashes}")
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names; none of them: one that matches nothing (an empty
+    constraint would match anything)."""
+    return "|".join(sorted(names)) or "(?!)"
 
 
 wildcard_constraints:
     split="[A-Za-z0-9_-]+",
     shard="[0-9]+",
     run="[A-Za-z0-9_+-]+",
-    sparse="|".join(sorted(SPARSE_RUNS)),
-    candidates="|".join(sorted(CANDIDATES)),
-    first="|".join(sorted({*SPARSE_RUNS, *CANDIDATES})),
+    sparse=one_of(SPARSE_RUNS),
+    candidates=one_of(CANDIDATES),
+    first=one_of({*SPARSE_RUNS, *CANDIDATES}),
     stem="[A-Za-z0-9._-]+",
-    variant="|".join(sorted(VARIANTS)),
-    model="|".join(DENSE_MODELS),
+    variant=one_of(VARIANTS),
+    model=one_of(DENSE_MODELS),
 
 
 def rule_resource(rule_name, key, default):
@@ -163,7 +169,8 @@ def table_inputs(wildcards):
     if latency:
         split, dense, sparse = latency["split"], latency["dense"], latency["sparse"]
         files += [f"{OUT}/queries/{dense}.{split}"] + [
-            f"{OUT}/runs/{run}.{split}.latency.json" for run in (dense, sparse, f"{dense}+{sparse}", f"colbert-{sparse}")]
+            f"{OUT}/runs/{run}.{split}.latency.json"
+            for run in (dense, sparse, f"{dense}+{sparse}", f"colbert-{sparse}", "colbert")]
     ablation = config["table3"]
     if ablation:
         split, sparse = ablation["split"], ablation["sparse"]
@@ -385,9 +392,10 @@ def training_curves():
 
 
 def teacher_if_used():
-    """["teacher"] when something needs it (students, ColBERT re-ranking rows, Table 2's re-rank); a config of
+    """["teacher"] when something needs it (students, ColBERT rows, Table 2's ColBERT stages); a config of
     published checkpoints alone trains nothing."""
-    reranks = any(row["run"].startswith("colbert-") for row in config["table1"]["rows"].values()) or config["table2"]
+    reranks = any(row["run"] == "colbert" or row["run"].startswith("colbert-")
+                  for row in config["table1"]["rows"].values()) or config["table2"]
     return ["teacher"] if VARIANTS or reranks else []
 
 

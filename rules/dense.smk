@@ -1,5 +1,6 @@
 # Dense retrieval: encode_corpus (scatter over shards) -> build_index (gather) -> encode_queries ->
-# dense_run; and the multi-stage row: teacher token embeddings -> colbert_rerank of BM25 candidates.
+# dense_run; dense_rerank: a student re-scoring a first-stage run's top `depth` (Table 3).
+# The teacher's own retrieval (ColBERT rows) lives in colbert.smk.
 
 
 rule encode_corpus:
@@ -134,62 +135,6 @@ rule dense_run:
         "python -m pipeline.dense.search --index {input.index:q} --queries {input.queries:q} --run {output.run:q}"
         " --hits {params.hits:q} --threads {threads} --latency-queries {params.latency_queries:q}"
         " {params.device:q} --tag {wildcards.model:q} > {log:q} 2>&1"
-
-
-rule encode_tokens:
-    input:
-        model=f"{RES}/models/teacher",
-        collection=f"{RES}/collection.tsv",
-    output:
-        directory(f"{RES}/tokens/teacher/shard-{{shard}}"),
-    log:
-        f"{LOGS}/encode_tokens.{{shard}}.log",
-    benchmark:
-        f"{BENCH}/encode_tokens.{{shard}}.tsv"
-    params:
-        shards=config["rerank"]["shards"],
-        batch_size=config["dense"]["batch_size"],
-        precision=config["rerank"]["precision"],
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=rule_resource("encode_tokens", "mem_mb", 32000),
-        runtime=rule_resource("encode_tokens", "runtime", 240),
-    conda:
-        "../envs/pipeline.yaml"
-    shell:
-        "python -m pipeline.dense.tokens --model {input.model:q} --collection {input.collection:q} --out {output:q}"
-        " --shard {wildcards.shard:q} --shards {params.shards:q} --batch-size {params.batch_size:q} --precision {params.precision:q}"
-        " > {log:q} 2>&1"
-
-
-rule colbert_rerank:
-    input:
-        model=f"{RES}/models/teacher",
-        tokens=token_shards,
-        queries=f"{RES}/queries.{{split}}.tsv",
-        candidates=f"{OUT}/runs/{{first}}.{{split}}.trec",
-    output:
-        run=f"{OUT}/runs/colbert-{{first}}.{{split}}.trec",
-        latency=f"{OUT}/runs/colbert-{{first}}.{{split}}.latency.json",
-    log:
-        f"{LOGS}/colbert_rerank.{{first}}.{{split}}.log",
-    benchmark:
-        f"{BENCH}/colbert_rerank.{{first}}.{{split}}.tsv"
-    params:
-        depth=config["rerank"]["depth"],
-        latency_queries=config["dense"]["latency_queries"],
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=rule_resource("colbert_rerank", "mem_mb", 32000),
-        runtime=rule_resource("colbert_rerank", "runtime", 240),
-    conda:
-        "../envs/pipeline.yaml"
-    shell:
-        "python -m pipeline.dense.rerank --model {input.model:q} --tokens {input.tokens:q} --queries {input.queries:q}"
-        " --candidates {input.candidates:q} --run {output.run:q} --depth {params.depth:q}"
-        " --latency-queries {params.latency_queries:q} > {log:q} 2>&1"
 
 
 rule dense_rerank:

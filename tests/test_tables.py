@@ -119,7 +119,11 @@ def test_table2_stages_devices_and_index_sizes(tmp_path):
         "tct+bm25": {"fusion_ms_median": 0.5, "fusion_ms_p95": 0.75, "latency_queries": 50, "device": "CPU Y",
                      "latency_threads": 1, "latency_ms_median": 20.5, "sequential_ms_median": 33.5},
         "colbert-bm25": {"depth": 100, "rerank_ms_median": 40.0, "rerank_ms_p95": 45.0, "latency_queries": 50,
-                         "device": "GPU X", "threads": 8, "token_index_bytes_per_passage": 20480.0},
+                         "device": "GPU X", "threads": 8, "token_index_bytes_per_passage": 20480.0,
+                         "latency_ms_median": 60.0},
+        "colbert": {"index": "ivfpq", "depth": 1000, "nprobe": 10, "latency_ms_median": 80.0, "latency_ms_p95": 90.0,
+                    "latency_queries": 50, "device": "CPU Y", "threads": 2, "storage_bytes_per_passage": 20520.5,
+                    "precision": "fp32", "cpu_capability": "AVX2"},
     }
     for run, record in latencies.items():
         (runs / f"{run}.dev.latency.json").write_text(json.dumps(record))
@@ -134,6 +138,10 @@ def test_table2_stages_devices_and_index_sizes(tmp_path):
     assert table["dense search (flat, k=1000)"]["index_bytes_per_passage"] == "1536.0"
     assert table["sparse search (bm25, k=1000)"]["threads"] == "1"
     assert table["fusion (Eq. 7)"]["p95_ms"] == "0.750"
-    assert table["ColBERT re-rank (depth 100)"]["index_bytes_per_passage"] == "20480.0"
+    assert table["ColBERT re-rank of bm25 (depth 100)"]["index_bytes_per_passage"] == "20480.0"
+    assert table["ColBERT re-rank of bm25: bm25 + re-rank"]["median_ms"] == "60.000"
+    end_to_end = table["ColBERT end to end (ivfpq, k'=1000, nprobe=10)"]
+    assert (end_to_end["median_ms"], end_to_end["index_bytes_per_passage"], end_to_end["cpu_capability"]) == (
+        "80.000", "20520.5", "AVX2")
     assert table["hybrid, as the paper: max(sparse, dense) + fusion"]["median_ms"] == "20.500"
     assert table["hybrid, measured sequentially"]["median_ms"] == "33.500"

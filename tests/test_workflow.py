@@ -53,6 +53,7 @@ def test_paper_config_dag_lists_every_stage(workdir):
     assert result.returncode == 0, result.stderr
     stages = ("prepare_data", "bm25_index", "bm25_run", "train_teacher", "train_student", "encode_corpus",
               "build_index", "encode_queries", "dense_run", "encode_tokens", "colbert_rerank", "dense_rerank",
+              "colbert_index", "colbert_retrieve", "candidate_run",
               "sample_queries", "tune_alpha", "fuse", "evaluate", "tables", "report", "doc2query_download",
               "expand_collection")
     listed = result.stdout.split("Job stats:")[-1]
@@ -138,8 +139,8 @@ def test_small_demo_dag_end_to_end(workdir):
     assert header[:6] == ["method", "dev/RR@10", "dev/R@1000", "dl/nDCG@10", "dl/R(rel=2)@1000", "latency_ms"]
     rows = {cells[0]: dict(zip(header, cells, strict=True)) for cells in (line.split("\t") for line in lines[1:])}
     assert list(rows) == ["BM25", "doc2query-T5", "Bi-encoder (PoolAvg)", "Bi-encoder (TCT-ColBERT)",
-                          "ColBERT (multi-stage)", "PoolAvg + BM25", "TCT-ColBERT + BM25", "PoolAvg + doc2query-T5",
-                          "TCT-ColBERT + doc2query-T5"]
+                          "ColBERT (end to end)", "PoolAvg + BM25", "TCT-ColBERT + BM25", "PoolAvg + doc2query-T5",
+                          "TCT-ColBERT + doc2query-T5", "ColBERT (re-rank BM25 top-100)"]
     for row in rows.values():
         assert 0.0 <= float(row["dev/RR@10"].rstrip("*")) <= 1.0 and float(row["latency_ms"]) > 0
     assert 0.0 <= float(rows["TCT-ColBERT + BM25"]["alpha"]) <= 1.0

@@ -29,7 +29,7 @@ SKIP_CODE = 77                       # slurm.sh: the Debian packages cannot be i
 PARTITION, ACCOUNT = "debug", "pipelinetest"
 LOCAL_RULES = {"all", "prepare_data", "tables", "report"}
 GPU_RULES = {"train_teacher", "train_student", "encode_corpus", "encode_queries", "encode_tokens", "colbert_rerank",
-             "train_doc2query", "generate_doc2query"}
+             "colbert_index", "colbert_retrieve", "train_doc2query", "generate_doc2query"}
 TORCHRUN_PROCESSES = 2               # train_teacher's processes (teacher.gpus) in the demo DAG test
 # The first status query waits seconds-between-status-checks, the later ones the plugin's own interval:
 # shortened from the profile's 30 / 40 s so that a DAG of ~15 dependent steps does not wait ~10 min.

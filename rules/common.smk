@@ -247,8 +247,7 @@ def student_options(wildcards):
         args += ["--teacher", f"{RES}/models/teacher"]
     if student["init"] == "backbone":
         args += ["--backbone", config["model"]["backbone"]]
-    if student["gather"]:
-        args.append("--gather")
+    args.append("--gather" if student["gather"] else "--no-gather")  # across GPUs: one softmax over the batch
     if variant.get("embed_weight", 0) > 0:
         args += ["--embed-weight", variant["embed_weight"]]
     if "teacher_scores" in variant:

@@ -134,3 +134,15 @@ def test_generated_rows_are_left_out_of_the_hard_label_term(scores):
     assert mixed.item() == pytest.approx(0.1 * ce + 0.9 * kl_only, rel=1e-6)
     with pytest.raises(ValueError, match="generated queries carry no label"):
         student_loss(torch.tensor(student), None, "none", labelled=torch.tensor(mask))
+
+
+def test_a_bf16_student_leaves_the_teacher_in_float32():
+    """Scores at TCT's range (60-90), where bf16 steps by 0.5: the losses widen the student, never round the teacher."""
+    rng = np.random.default_rng(2)
+    student = torch.tensor(rng.uniform(60, 90, size=(4, 8)), dtype=torch.bfloat16)
+    teacher = torch.tensor(rng.uniform(60, 90, size=(4, 8)), dtype=torch.float32)
+    for condition in ("inbatch", "triplet", "margin_mse"):
+        loss = student_loss(student, teacher, condition)
+        assert loss.dtype == torch.float32
+        assert loss.item() == student_loss(student.float(), teacher, condition).item()
+    assert embedding_matching(student, teacher).item() == embedding_matching(student.float(), teacher).item()

@@ -131,6 +131,7 @@ def test_fp16_training_scales_the_loss_and_skips_an_overflowing_step(tmp_path, m
     model = _Tiny()
     with torch.no_grad():  # small weights: step 1's scaled gradients fit in fp16 whatever the random init
         model.linear.weight.fill_(0.01)
+        model.linear.bias.zero_()  # a random bias near 0.5 overflowed step 1 (1 init in 25)
     snapshots = []
 
     def loss_fn(module, batch):

@@ -130,6 +130,18 @@ class Interrupted(Exception):
     pass
 
 
+def stop_after_checkpoint(monkeypatch, step: int) -> None:
+    """Make training raise Interrupted right after it wrote the checkpoint of `step`."""
+    save = loop_module._save_checkpoint
+
+    def save_then_stop(directory, state, keep):
+        save(directory, state, keep)
+        if state["step"] == step:
+            raise Interrupted
+
+    monkeypatch.setattr(loop_module, "_save_checkpoint", save_then_stop)
+
+
 def test_unchanged_content_resumes_bit_identically_at_another_path_and_mtime(base, tmp_path, monkeypatch):
     """Content, not paths or times, keys a checkpoint: copies of the inputs (new paths, new mtimes) resume
     a run stopped after a checkpoint, and it ends with the weights and losses of an uninterrupted run
@@ -137,14 +149,7 @@ def test_unchanged_content_resumes_bit_identically_at_another_path_and_mtime(bas
     _, bert, data = base
     cfg = LoopConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=1, checkpoint_every=2)
     teach(bert, data, tmp_path, "whole", "ck_whole", cfg)
-    save = loop_module._save_checkpoint
-
-    def save_then_stop(directory, state, keep):
-        save(directory, state, keep)
-        if state["step"] == 4:
-            raise Interrupted
-
-    monkeypatch.setattr(loop_module, "_save_checkpoint", save_then_stop)
+    stop_after_checkpoint(monkeypatch, 4)
     with pytest.raises(Interrupted):
         teach(bert, data, tmp_path, "stopped", "ck", cfg)
     monkeypatch.undo()
@@ -159,6 +164,29 @@ def test_unchanged_content_resumes_bit_identically_at_another_path_and_mtime(bas
     losses = [[row.split(",")[:2] for row in (tmp_path / name).read_text().splitlines()]
               for name in ("whole.csv", "stopped.csv")]
     assert losses[0] == losses[1]
+
+
+def test_a_student_caching_gradients_resumes_bit_identically(base, tmp_path, monkeypatch):
+    """Accumulation with dropout 0.1: the cache replays each micro-batch's random state for its second pass and
+    gives the generators back, so a run stopped after a checkpoint ends as an uninterrupted one."""
+    root, _, data = base
+    cfg = LoopConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=1, checkpoint_every=2, accumulation=2)
+
+    def train(name: str, checkpoints: str) -> None:
+        train_student(root / "teacher", data["triples"], data["queries"], data["collection"], tmp_path / name,
+                      tmp_path / checkpoints, tmp_path / f"{name}.csv", cfg)
+
+    train("whole", "ck_whole")
+    stop_after_checkpoint(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        train("stopped", "ck")
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "ck" / "step-00000002.pt")["made_from"]["settings"]["gradient_cache"]
+    train("stopped", "ck")
+    assert same(tmp_path / "whole", tmp_path / "stopped")
+    step_and_loss = [[row.split(",")[:2] for row in (tmp_path / name).read_text().splitlines()]
+                     for name in ("whole.csv", "stopped.csv")]
+    assert step_and_loss[0] == step_and_loss[1]
 
 
 def test_checkpoints_load_with_weights_only_and_restore_every_random_state(base, tmp_path):

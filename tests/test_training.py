@@ -2,6 +2,7 @@ import csv
 import math
 import os
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -9,15 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch import nn
 
 from pipeline.doc2query.predictions import format_prediction
 from pipeline.io import InputFormatError, read_collection
 from pipeline.models import colbert as colbert_module
+from pipeline.models.backbone import Conventions, tokenize_passages, tokenize_queries
 from pipeline.models.colbert import ColBERT
+from pipeline.train import student as student_module
 from pipeline.train.batches import TripleBatches, read_teacher_scores
-from pipeline.train.loop import LoopConfig
-from pipeline.train.student import read_generated, train_student
+from pipeline.train.loop import LoopConfig, load_checkpoint
+from pipeline.train.student import EMBED_TARGET, TeacherTokens, read_generated, train_student
 from pipeline.train.teacher import train_teacher
 from tests.conftest import ROOT, hang_guard, make_tiny_bert, make_triples_dataset, train_small_teacher
 
@@ -31,9 +36,9 @@ def setup(tmp_path_factory):
     return root, data
 
 
-def losses(path: Path) -> list[float]:
+def losses(path: Path, column: str = "loss") -> list[float]:
     with open(path) as handle:
-        return [float(row["loss"]) for row in csv.DictReader(handle)]
+        return [float(row[column]) for row in csv.DictReader(handle)]
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -51,8 +56,6 @@ def test_student_loss_falls_and_teacher_stays_frozen(setup, monkeypatch):
     frozen = ColBERT.load(root / "teacher")
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
     monkeypatch.setattr(colbert_module.ColBERT, "load", classmethod(lambda cls, directory: frozen))
-    from pipeline.train import student as student_module
-
     monkeypatch.setattr(student_module.ColBERT, "load", classmethod(lambda cls, directory: frozen))
     cfg = LoopConfig(steps=20, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=100)
     train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / "student",
@@ -148,23 +151,33 @@ def test_triples_with_unknown_ids_are_refused(setup, tmp_path):
 
 
 def test_two_process_torchrun_matches_single_process_accumulation(tmp_path):
-    """DDP over 2 gloo ranks (no gathering) = one process accumulating the same 2 micro-batches."""
+    """DDP over 2 gloo ranks accumulating 2 micro-batches each = one process accumulating the same 4: one
+    softmax over the whole batch either way (passages gathered across ranks by default, gradients cached
+    across micro-batches, DDP's all-reduce once per step).
+
+    Every step's loss and gradient norm are compared, not the weights: the two runs sum in other orders,
+    and Adam moves a weight whose gradient is ~0 (attention key biases: exactly 0) by ~lr whatever its
+    rounding, so weights differ by up to 1e-3 after 6 steps. Noise moves the losses by 1e-5 and the norms
+    by 2e-4 (relative); a rank left out of the all-reduce, or a gather without gradient, moved the first
+    step's gradient norm by 30-70% and later losses by 0.02-0.5."""
     bert = make_tiny_bert(tmp_path / "bert", dropout=0.0)
     data = make_triples_dataset(tmp_path / "data")
+    # Passages cut to 12 tokens, the student's too (it takes the teacher's conventions): gathered passages are
+    # padded to the full length, so both runs then pad alike and round alike.
     train_teacher(str(bert), data["triples"], data["queries"], data["collection"], tmp_path / "teacher",
-                  tmp_path / "ck_teacher", tmp_path / "teacher.csv", CFG)
+                  tmp_path / "ck_teacher", tmp_path / "teacher.csv", CFG, Conventions(doc_length=12))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    subprocess.run([*torchrun, *student_command(tmp_path, data, "ddp", 6)], check=True, env=env,
-                   capture_output=True, timeout=hang_guard(600))
-    subprocess.run([sys.executable, *student_command(tmp_path, data, "single", 6, "--accumulation", "2")],
-                   check=True, env=env, capture_output=True, timeout=hang_guard(600))
-    assert losses(tmp_path / "ddp.csv") == pytest.approx(losses(tmp_path / "single.csv"), abs=1e-5)
-    ddp, single = weights(tmp_path / "ddp"), weights(tmp_path / "single")
-    assert all(torch.allclose(ddp[k], single[k], atol=1e-5) for k in ddp)
-    subprocess.run([*torchrun, *student_command(tmp_path, data, "gathered", 3, "--gather")], check=True,
+    subprocess.run([*torchrun, *student_command(tmp_path, data, "ddp", 6, "--accumulation", "2")], check=True,
                    env=env, capture_output=True, timeout=hang_guard(600))
-    assert len(losses(tmp_path / "gathered.csv")) == 3
+    subprocess.run([sys.executable, *student_command(tmp_path, data, "single", 6, "--accumulation", "4")],
+                   check=True, env=env, capture_output=True, timeout=hang_guard(600))
+    assert losses(tmp_path / "ddp.csv") == pytest.approx(losses(tmp_path / "single.csv"), abs=5e-5)
+    assert losses(tmp_path / "ddp.csv", "grad_norm") == pytest.approx(losses(tmp_path / "single.csv", "grad_norm"),
+                                                                     rel=1e-3)
+    subprocess.run([*torchrun, *student_command(tmp_path, data, "own", 3, "--no-gather")], check=True,
+                   env=env, capture_output=True, timeout=hang_guard(600))
+    assert len(losses(tmp_path / "own.csv")) == 3
 
 
 def test_killed_two_process_run_resumes_every_rank_where_it_stopped(setup, tmp_path):
@@ -225,16 +238,55 @@ def test_margin_mse_from_a_score_file_needs_no_teacher_model(setup, tmp_path):
     assert sum(curve[-3:]) < sum(curve[:3])
 
 
-def test_embedding_matching_pulls_a_narrower_student_toward_the_teacher(setup, tmp_path):
+def test_embedding_matching_pulls_a_narrower_student_toward_the_teacher(setup, tmp_path, monkeypatch):
     root, data = setup
     narrow = make_tiny_bert(tmp_path / "narrow", hidden_size=16)
+    trained = {}
+    real_fit = student_module.fit
+
+    def spy(model, *args, **kwargs):
+        trained["map"], trained["initial"] = model.matcher, model.matcher.weight.detach().clone()
+        real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(student_module, "fit", spy)
     cfg = LoopConfig(steps=12, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=100)
     train_student(root / "teacher", data["triples"], data["queries"], data["collection"], tmp_path / "e",
                   tmp_path / "ck", tmp_path / "e.csv", cfg, "none", init="backbone", backbone=str(narrow),
                   embed_weight=1.0)
     curve = losses(tmp_path / "e.csv")
     assert sum(curve[-3:]) < sum(curve[:3])
-    assert weights(tmp_path / "e")["embeddings.word_embeddings.weight"].shape[1] == 16  # the map is not saved
+    # The learned map, student width 16 -> the teacher's ColBERT dimension, is trained with the student ...
+    assert isinstance(trained["map"], nn.Linear) and trained["map"].weight.shape == (128, 16)
+    assert not torch.equal(trained["map"].weight, trained["initial"])
+    assert weights(tmp_path / "e")["embeddings.word_embeddings.weight"].shape[1] == 16  # ... and not saved
+    checkpoint = load_checkpoint(sorted((tmp_path / "ck").glob("step-*.pt"))[-1])
+    assert checkpoint["made_from"]["settings"]["embed_target"] == EMBED_TARGET
+
+
+def test_embedding_matching_targets_the_mean_of_the_teachers_maxsim_token_vectors(tmp_path):
+    """Per text, by hand: the teacher's projected, normalised token vectors, averaged over every query position
+    and over the passage tokens that are neither padding nor punctuation, at unit length."""
+    teacher = ColBERT.from_backbone(str(make_tiny_bert(tmp_path / "bert")), dim=8).eval()
+    queries = ["what is a comet?", "copper"]
+    passages = ["a comet, made of ice.", "copper: a metal!", "short", "the river (far away); quiet"]
+    with torch.no_grad():
+        query_targets, passage_targets = TeacherTokens.of(
+            teacher, tokenize_queries(teacher.tokenizer, queries, teacher.conv),
+            tokenize_passages(teacher.tokenizer, passages, teacher.conv)).matching_targets()
+
+        def by_hand(tokens: dict, keep) -> torch.Tensor:
+            vectors = F.normalize(teacher.linear(teacher.bert(**tokens).last_hidden_state[0]), dim=-1)
+            kept = [i for i, token in enumerate(teacher.tokenizer.convert_ids_to_tokens(tokens["input_ids"][0]))
+                    if keep(token)]
+            return F.normalize(vectors[kept].mean(0), dim=0)
+
+        for query, target in zip(queries, query_targets, strict=True):
+            alone = tokenize_queries(teacher.tokenizer, [query], teacher.conv)
+            assert torch.allclose(target, by_hand(alone, lambda token: True), atol=1e-5)
+        for passage, target in zip(passages, passage_targets, strict=True):
+            alone = tokenize_passages(teacher.tokenizer, [passage], teacher.conv)  # unpadded
+            assert torch.allclose(target, by_hand(alone, lambda token: token not in set(string.punctuation)),
+                                  atol=1e-5)
 
 
 def test_generated_queries_replace_a_seeded_share_of_each_batch(setup):

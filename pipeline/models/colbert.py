@@ -31,15 +31,25 @@ HEAD_FILE = "colbert_linear.safetensors"
 
 
 def maxsim(queries: torch.Tensor, query_mask: torch.Tensor, docs: torch.Tensor, doc_mask: torch.Tensor) -> torch.Tensor:
-    """All-pairs late interaction: (B, Lq, h) queries x (N, Ld, h) documents -> (B, N) scores.
+    """All-pairs late interaction: (B, Lq, h) queries x (N, Ld, h) documents -> (B, N) float32 scores.
 
     Masked document tokens never win the max; masked query tokens add nothing. A document with no
-    unmasked token scores 0 for every query token.
+    unmasked token scores 0 for every query token. Computed in float32 with autocast off, whatever
+    the embeddings' dtype: TCT's teacher (unnormalised queries) scores 60-90, where bf16 steps by 0.5,
+    and distillation divides the scores by tau = 0.25.
     """
-    sim = torch.einsum("bqh,nph->bnqp", queries, docs)
-    sim = sim.masked_fill(~doc_mask.bool()[None, :, None, :], float("-inf"))
-    best = sim.amax(dim=-1).nan_to_num(neginf=0.0)
-    return (best * query_mask.to(best.dtype)[:, None, :]).sum(-1)
+    with torch.autocast(queries.device.type, enabled=False):
+        sim = torch.einsum("bqh,nph->bnqp", queries.float(), docs.float())
+        sim = sim.masked_fill(~doc_mask.bool()[None, :, None, :], float("-inf"))
+        best = sim.amax(dim=-1).nan_to_num(neginf=0.0)
+        return (best * query_mask.to(best.dtype)[:, None, :]).sum(-1)
+
+
+def pad_tokens(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Token-level tensors (N_i, L_i, ...) of several batches, zero-padded to one length L: embeddings
+    padded so, and their masks padded with False, give MaxSim the scores they give unpadded."""
+    length = max(part.shape[1] for part in parts)
+    return [F.pad(part, (0, 0) * (part.dim() - 2) + (0, length - part.shape[1])) for part in parts]
 
 
 def punctuation_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -58,32 +68,34 @@ class ColBERT(nn.Module):
         self.register_buffer("skiplist", torch.tensor(punctuation_ids(tokenizer)), persistent=False)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L, hidden): BERT's last layer, before the projection (embedding matching reads it)."""
+        """(B, L, hidden): BERT's last layer, before the projection."""
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    def query_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, Lq, dim); normalised unless `normalize_queries` is off (the released TCT teacher).
-        `hidden` skips the BERT forward when the caller already has the hidden states."""
-        embeddings = self.linear(self.hidden_states(input_ids, attention_mask) if hidden is None else hidden)
+    def query_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, Lq, dim); normalised unless `normalize_queries` is off (the released TCT teacher)."""
+        embeddings = self.linear(self.hidden_states(input_ids, attention_mask))
         return F.normalize(embeddings, dim=-1) if self.normalize_queries else embeddings
 
-    def doc_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def doc_embeddings(self, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, Ld, dim) normalised embeddings and the mask of tokens that take part in MaxSim."""
         mask = attention_mask.bool() & ~torch.isin(input_ids, self.skiplist)
-        hidden = self.hidden_states(input_ids, attention_mask) if hidden is None else hidden
-        return F.normalize(self.linear(hidden), dim=-1), mask
+        return F.normalize(self.linear(self.hidden_states(input_ids, attention_mask)), dim=-1), mask
 
-    def forward(self, query_tokens: dict, doc_tokens: dict) -> torch.Tensor:
-        """(B, N) MaxSim scores of every query against every document (tokenised inputs)."""
+    def forward(self, query_tokens: dict, doc_tokens: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The token vectors MaxSim reads: queries (B, Lq, dim), documents (N, Ld, dim) and the documents'
+        MaxSim mask. Training differentiates these (through DDP's forward, so not through `score`)."""
         queries = self.query_embeddings(query_tokens["input_ids"], query_tokens["attention_mask"])
-        docs, doc_mask = self.doc_embeddings(doc_tokens["input_ids"], doc_tokens["attention_mask"])
+        return (queries, *self.doc_embeddings(doc_tokens["input_ids"], doc_tokens["attention_mask"]))
+
+    def score(self, query_tokens: dict, doc_tokens: dict) -> torch.Tensor:
+        """(B, N) MaxSim scores of every query against every document (tokenised inputs)."""
+        queries, docs, doc_mask = self(query_tokens, doc_tokens)
         return maxsim(queries, query_tokens["attention_mask"], docs, doc_mask)
 
     def score_texts(self, queries: list[str], passages: list[str]) -> torch.Tensor:
         device = self.linear.weight.device
-        return self(tokenize_queries(self.tokenizer, queries, self.conv).to(device),
+        return self.score(tokenize_queries(self.tokenizer, queries, self.conv).to(device),
                           tokenize_passages(self.tokenizer, passages, self.conv).to(device))
 
     def save(self, directory: Path) -> None:

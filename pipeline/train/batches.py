@@ -7,10 +7,12 @@ over accumulation steps sees exactly the triples a single process would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipeline.io import InputFormatError, iter_lines, read_collection, read_queries
 
@@ -22,6 +24,13 @@ class Batch:
     negatives: list[str]
     teacher_pairs: list[tuple[float, float]] | None = None  # (positive, negative) scores from a score file
     labelled: list[bool] | None = None  # False: a generated query, labelled by the teacher alone
+
+
+def join_passages(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-passage tensors of consecutive slices of a batch (micro-batches, or ranks), each ordered as
+    a `Batch` is encoded, [its positives, its negatives], joined as the whole batch's [all positives,
+    all negatives]: the column order of the loss's score matrices (see `pipeline.train.losses`)."""
+    return torch.cat([part[: len(part) // 2] for part in parts] + [part[len(part) // 2:] for part in parts])
 
 
 def read_teacher_scores(path: Path) -> dict[tuple[str, str, str], tuple[float, float]]:

@@ -5,6 +5,9 @@ gradient accumulation, mixed precision chosen from the hardware (`pipeline.preci
 GradScaler), a progress bar, a CSV of losses, checkpoints every N steps
 that a killed run resumes from, and DistributedDataParallel when started by torchrun.
 
+Under accumulation a loss over the whole batch (one in-batch softmax) stays one loss through
+gradient caching (GradCache, Gao et al. 2021): see `pipeline.train.gradcache`.
+
 A checkpoint is resumed only when it was made from the same inputs: it records a `Fingerprint` of
 the content of every input file and model directory and of the settings that determine training
 (see `content_digest` for how files are hashed). A checkpoint of other inputs stops the stage with
@@ -28,7 +31,7 @@ import pickle
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +44,8 @@ from transformers import get_linear_schedule_with_warmup
 from pipeline import precision as amp_precision
 from pipeline.io import atomic_directory, atomic_output, file_checksum
 from pipeline.models.backbone import resolve_backbone
-from pipeline.train.batches import Batch, TripleBatches
+from pipeline.train.batches import TripleBatches
+from pipeline.train.gradcache import Objective, backward_step, caches_gradients
 
 log = logging.getLogger(__name__)
 LOSS_FILE = "losses.csv"
@@ -266,21 +270,25 @@ def _save_checkpoint(directory: Path, state: dict, keep: int) -> None:
         old.unlink()
 
 
-def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor], batches: TripleBatches,
-        cfg: LoopConfig, checkpoint_dir: Path, made_from: Fingerprint, ctx: Context, desc: str = "train") -> None:
+def fit(model: nn.Module, objective: Objective, batches: TripleBatches, cfg: LoopConfig, checkpoint_dir: Path,
+        made_from: Fingerprint, ctx: Context, desc: str = "train") -> None:
     """Train `model` in place for `cfg.steps` optimisation steps, resuming from `checkpoint_dir`.
 
-    `loss_fn(module, micro_batch)` returns the mean loss of one micro-batch; `module` is the DDP
-    wrapper when distributed. Losses (mean over the global batch) go to `checkpoint_dir/losses.csv`.
-    A checkpoint is resumed only if it was made from `made_from` (inputs and settings); otherwise
-    `cfg.resume` decides: "auto" stops with a ValueError naming what changed, "discard" deletes the
-    checkpoints and trains from step 0.
+    `objective` is a `BatchObjective`, or a plain `loss_fn(module, micro_batch)` returning the mean loss
+    of one micro-batch; `module` is the DDP wrapper when distributed. Losses (mean over the global
+    batch) go to `checkpoint_dir/losses.csv`. A checkpoint is resumed only if it was made from
+    `made_from` (inputs and settings; a run that caches gradients adds `gradient_cache`, as its loss
+    differs from the per-micro-batch one earlier versions used); otherwise `cfg.resume` decides:
+    "auto" stops with a ValueError naming what changed, "discard" deletes the checkpoints and trains
+    from step 0.
     """
     if cfg.resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {RESUME_MODES}, not {cfg.resume!r}")
     parts = ctx.world * cfg.accumulation
     if cfg.batch_size % parts:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by world size x accumulation = {parts}")
+    if caches_gradients(objective, cfg.accumulation):
+        made_from = replace(made_from, settings={**made_from.settings, "gradient_cache": True})
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed + ctx.rank)
     model.to(ctx.device).train()
@@ -299,17 +307,9 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor], b
                mininterval=2)
     for step in bar:
         tick = time.perf_counter()
-        total = torch.zeros((), device=ctx.device)
-        for accum in range(cfg.accumulation):
-            micro = batches.micro_batch(step, ctx.rank * cfg.accumulation + accum, parts)
-            with amp_precision.autocast(ctx.device, precision):
-                loss = loss_fn(module, micro) / cfg.accumulation
-            if ctx.world > 1 and accum < cfg.accumulation - 1:
-                with module.no_sync():
-                    scaler.scale(loss).backward()
-            else:
-                scaler.scale(loss).backward()
-            total += loss.detach()
+        micros = [batches.micro_batch(step, ctx.rank * cfg.accumulation + accum, parts)
+                  for accum in range(cfg.accumulation)]
+        total = backward_step(module, objective, micros, scaler, precision, ctx.device)
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         scaler.step(optimizer)  # skipped when fp16 gradients overflowed (the scale then shrinks)

@@ -4,6 +4,11 @@ Score matrices are (B, 2G): row i holds query i against every passage of the bat
 [positive_1 .. positive_G, negative_1 .. negative_G]. Usually G = B, so query i's positive is
 column i and its own BM25 negative column B + i; when passages are gathered from all ranks of a
 distributed run, G is the global batch and this rank's queries start at column `offset`.
+
+Scores and losses are float32 even when the encoders run under bf16/fp16 autocast: at TCT's score
+range (60-90) bf16 steps by 0.5, and the teacher's scores are divided by tau = 0.25 (logits off by
+up to 2), so every loss here computes in float32 at least and never casts the teacher down to the
+student's dtype.
 """
 
 from __future__ import annotations
@@ -12,6 +17,17 @@ import torch
 import torch.nn.functional as F
 
 CONDITIONS = ("none", "triplet", "inbatch", "margin_mse")
+
+
+def dot_scores(queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
+    """(B, N) float32 dot products of (B, h) query and (N, h) passage vectors, autocast off (see above)."""
+    with torch.autocast(queries.device.type, enabled=False):
+        return queries.float() @ passages.float().T
+
+
+def _wide(scores: torch.Tensor) -> torch.Tensor:
+    """`scores` in float32, or wider when they already are (float64 stays float64)."""
+    return scores.to(torch.promote_types(scores.dtype, torch.float32))
 
 
 def teacher_pairwise_loss(scores: torch.Tensor) -> torch.Tensor:
@@ -48,7 +64,7 @@ def margin_mse(student_pairs: torch.Tensor, teacher_pairs: torch.Tensor) -> torc
     """
     student_margin = student_pairs[:, 0] - student_pairs[:, 1]
     teacher_margin = teacher_pairs[:, 0] - teacher_pairs[:, 1]
-    return F.mse_loss(student_margin, teacher_margin.detach().to(student_margin.dtype))
+    return F.mse_loss(_wide(student_margin), _wide(teacher_margin.detach()))
 
 
 def embedding_matching(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -57,7 +73,7 @@ def embedding_matching(student: torch.Tensor, teacher: torch.Tensor) -> torch.Te
     Both (N, d): the student's pooled embeddings and the teacher's embeddings of the same texts,
     already mapped into one space (the caller applies any learned projection).
     """
-    return (student - teacher.detach().to(student.dtype)).pow(2).sum(dim=-1).mean()
+    return (_wide(student) - _wide(teacher.detach())).pow(2).sum(dim=-1).mean()
 
 
 def _kl(teacher: torch.Tensor, student: torch.Tensor, teacher_tau: float, student_tau: float) -> torch.Tensor:
@@ -78,9 +94,11 @@ def student_loss(student: torch.Tensor, teacher: torch.Tensor | None, condition:
     `margin_mse` puts Margin-MSE in place of the KL term. For `triplet` and `margin_mse` the teacher
     may give only each query's (positive, negative) pair, shape (B, 2), as a score file does.
     `labelled` masks rows out of the hard-label term: generated queries learn from the teacher only.
+    Both score matrices are taken in float32 at least.
     """
     if condition not in CONDITIONS:
         raise ValueError(f"unknown distillation condition {condition!r}; choose from {CONDITIONS}")
+    student = _wide(student)
     hard = inbatch_cross_entropy(student, offset, labelled)
     if condition == "none":
         if labelled is not None and not labelled.all():
@@ -88,7 +106,7 @@ def student_loss(student: torch.Tensor, teacher: torch.Tensor | None, condition:
         return hard
     if teacher is None:
         raise ValueError(f"condition {condition!r} needs teacher scores")
-    teacher = teacher.detach().to(student.dtype)
+    teacher = _wide(teacher.detach())
     if condition in ("triplet", "margin_mse"):
         student = _own_pair(student, offset)
         teacher = teacher if teacher.shape[1] == 2 else _own_pair(teacher, offset)

@@ -7,7 +7,8 @@
 
 Tight coupling: the frozen teacher scores the very batch the student sees, in the same step and
 from the same tokens (no precomputed scores). The student starts from the teacher's BERT weights
-unless `--init backbone`.
+unless `--init backbone`. The whole batch is one softmax: across GPUs under torchrun (`--gather`,
+the default) and across accumulated micro-batches (gradient caching, see `pipeline.train.gradcache`).
 """
 
 from __future__ import annotations
@@ -15,20 +16,24 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
 from torch import nn
+from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from pipeline.cli import run_stage
 from pipeline.doc2query.predictions import read_predictions
 from pipeline.io import iter_lines
 from pipeline.models.backbone import Conventions, masked_mean, tokenize_passages, tokenize_queries
 from pipeline.models.biencoder import BiEncoder
-from pipeline.models.colbert import ColBERT, maxsim
-from pipeline.train.batches import Batch, TripleBatches
+from pipeline.models.colbert import ColBERT, maxsim, pad_tokens
+from pipeline.train.batches import Batch, TripleBatches, join_passages
+from pipeline.train.gradcache import BatchObjective, Encodings
 from pipeline.train.loop import (
     Context,
     LoopConfig,
@@ -37,18 +42,23 @@ from pipeline.train.loop import (
     finish,
     fit,
     loop_config,
+    seed_everything,
     setup_context,
 )
-from pipeline.train.losses import CONDITIONS, embedding_matching, student_loss
+from pipeline.train.losses import CONDITIONS, dot_scores, embedding_matching, student_loss
 
 log = logging.getLogger(__name__)
+# What embedding matching pulls the student toward, recorded in the checkpoints' fingerprint: earlier
+# versions matched the teacher's mean BERT hidden state, before its projection.
+EMBED_TARGET = "teacher MaxSim token vectors: masked mean, unit length"
 
 
 class _QueryPassageEncoder(nn.Module):
     """One forward for queries and passages, as DistributedDataParallel expects one call per step.
 
-    With embedding matching, `matcher` maps student vectors into the teacher's hidden space (a
-    learned linear map when the widths differ) and the forward also returns the mapped vectors.
+    With embedding matching, `matcher` (a learned linear map from the student's width to the teacher's
+    ColBERT dimension, trained with the student and never saved) maps both into the teacher's scoring
+    space, and the forward also returns the mapped vectors.
     """
 
     def __init__(self, encoder: BiEncoder, matcher: nn.Module | None = None):
@@ -63,9 +73,7 @@ class _QueryPassageEncoder(nn.Module):
 
 def _gather_passages(local: torch.Tensor, ctx: Context, differentiable: bool) -> torch.Tensor:
     """All ranks' passages as [all positives, all negatives] (each rank holds [its pos, its neg])."""
-    parts = dist_fn.all_gather(local) if differentiable else _all_gather_no_grad(local, ctx)
-    half = local.shape[0] // 2
-    return torch.cat([p[:half] for p in parts] + [p[half:] for p in parts])
+    return join_passages(dist_fn.all_gather(local) if differentiable else _all_gather_no_grad(local, ctx))
 
 
 def _all_gather_no_grad(local: torch.Tensor, ctx: Context) -> list[torch.Tensor]:
@@ -74,17 +82,137 @@ def _all_gather_no_grad(local: torch.Tensor, ctx: Context) -> list[torch.Tensor]
     return parts
 
 
-def _online_scores(teacher: ColBERT, query_tokens: dict, passage_tokens: dict, query_hidden: torch.Tensor,
-                   doc_hidden: torch.Tensor, ctx: Context | None) -> torch.Tensor:
-    """The frozen teacher's MaxSim over this batch (over every rank's passages when `ctx` gathers)."""
-    query_embeddings = teacher.query_embeddings(query_tokens["input_ids"], query_tokens["attention_mask"],
-                                                query_hidden)
-    doc_embeddings, doc_mask = teacher.doc_embeddings(passage_tokens["input_ids"], passage_tokens["attention_mask"],
-                                                      doc_hidden)
-    if ctx is not None and ctx.world > 1:
-        doc_embeddings = _gather_passages(doc_embeddings, ctx, differentiable=False)
-        doc_mask = _gather_passages(doc_mask, ctx, differentiable=False)
-    return maxsim(query_embeddings, query_tokens["attention_mask"], doc_embeddings, doc_mask)
+@dataclass(frozen=True)
+class TeacherTokens:
+    """The frozen teacher's token vectors of a batch as MaxSim reads them (projected; normalised, queries
+    unless the teacher leaves them raw), with the masks of the tokens that take part: every query
+    position, and the documents' tokens without padding and punctuation."""
+
+    queries: torch.Tensor
+    query_mask: torch.Tensor
+    docs: torch.Tensor
+    doc_mask: torch.Tensor
+
+    @classmethod
+    def of(cls, teacher: ColBERT, query_tokens: BatchEncoding, passage_tokens: BatchEncoding) -> TeacherTokens:
+        queries = teacher.query_embeddings(query_tokens["input_ids"], query_tokens["attention_mask"])
+        docs, doc_mask = teacher.doc_embeddings(passage_tokens["input_ids"], passage_tokens["attention_mask"])
+        return cls(queries, query_tokens["attention_mask"].bool(), docs, doc_mask)
+
+    @classmethod
+    def join(cls, parts: Sequence[TeacherTokens]) -> TeacherTokens:
+        """Micro-batches' token vectors as one batch's: padded to one length, passages in batch order."""
+        return cls(torch.cat(pad_tokens([part.queries for part in parts])),
+                   torch.cat(pad_tokens([part.query_mask for part in parts])),
+                   join_passages(pad_tokens([part.docs for part in parts])),
+                   join_passages(pad_tokens([part.doc_mask for part in parts])))
+
+    def gathered(self, ctx: Context) -> TeacherTokens:
+        """With every rank's passages (the frozen teacher needs no gradient through the gather)."""
+        return replace(self, docs=_gather_passages(self.docs, ctx, differentiable=False),
+                       doc_mask=_gather_passages(self.doc_mask, ctx, differentiable=False))
+
+    def scores(self) -> torch.Tensor:
+        return maxsim(self.queries, self.query_mask, self.docs, self.doc_mask)
+
+    def matching_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedding matching's targets in the teacher's scoring space: the mean of exactly the token
+        vectors MaxSim reads, at unit length (see `embedding_matching_loss`), for queries and passages."""
+        return (F.normalize(masked_mean(self.queries.float(), self.query_mask, 0), dim=-1),
+                F.normalize(masked_mean(self.docs.float(), self.doc_mask, 0), dim=-1))
+
+
+def eq6_loss(query_vectors: torch.Tensor, passage_vectors: torch.Tensor,
+             teacher: TeacherTokens | torch.Tensor | None, condition: str = "inbatch", gamma: float = 0.1,
+             teacher_tau: float = 0.25, student_tau: float = 1.0, offset: int = 0,
+             labelled: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 6 (`student_loss`) from the student's vectors and the teacher's token vectors (scored by MaxSim)
+    or score pairs from a file; both score matrices in float32 whatever the encoders' autocast."""
+    teacher_scores = teacher.scores() if isinstance(teacher, TeacherTokens) else teacher
+    return student_loss(dot_scores(query_vectors, passage_vectors), teacher_scores, condition, gamma, teacher_tau,
+                        student_tau, offset, labelled)
+
+
+def embedding_matching_loss(mapped_queries: torch.Tensor, mapped_passages: torch.Tensor,
+                            teacher: TeacherTokens) -> torch.Tensor:
+    """EmbedDistill's embedding matching (Kim et al. 2023): squared distance between the student's vectors,
+    mapped by the learned linear map into the teacher's space, and the teacher's, queries and passages
+    weighed equally.
+
+    Both sides at unit length (a distance of 2 - 2 cos): MaxSim compares unit token vectors by direction
+    only, while the length of their mean just says how much the tokens disagree, which no teacher score
+    uses; on the sphere the term also keeps a fixed scale (0 to 4) beside the KL whatever the student's
+    width or the map's scale, and the map cannot lower it by shrinking its outputs toward the short targets.
+    """
+    query_target, passage_target = teacher.matching_targets()
+    return (embedding_matching(F.normalize(mapped_queries.float(), dim=-1), query_target)
+            + embedding_matching(F.normalize(mapped_passages.float(), dim=-1), passage_target)) / 2
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """One micro-batch as both models read it: the teacher's outputs are computed once, without gradients."""
+
+    query_tokens: BatchEncoding
+    passage_tokens: BatchEncoding
+    teacher: TeacherTokens | None
+    teacher_pairs: torch.Tensor | None  # (B, 2) scores from a score file
+    labelled: torch.Tensor | None
+
+
+def _cat(parts: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if parts[0] is None else torch.cat(list(parts))
+
+
+@dataclass(frozen=True)
+class _Distillation:
+    """Eq. 6 over the whole batch, plus embedding matching, as the parts of a `BatchObjective`."""
+
+    tokenizer: PreTrainedTokenizerBase
+    teacher: ColBERT | None  # None: no online teacher and no embedding matching
+    conv: Conventions
+    ctx: Context
+    condition: str
+    gamma: float
+    teacher_tau: float
+    student_tau: float
+    embed_weight: float
+    gathering: bool  # one softmax over every rank's passages
+
+    def prepare(self, micro: Batch) -> _Inputs:
+        device = self.ctx.device
+        # Gathered passages must have one shape on every rank, so pad to the full length then.
+        padding = "max_length" if self.gathering else "longest"
+        query_tokens = tokenize_queries(self.tokenizer, micro.queries, self.conv).to(device)
+        passage_tokens = tokenize_passages(self.tokenizer, micro.positives + micro.negatives, self.conv,
+                                           padding).to(device)
+        teacher = None if self.teacher is None else TeacherTokens.of(self.teacher, query_tokens, passage_tokens)
+        pairs = None if micro.teacher_pairs is None else torch.tensor(micro.teacher_pairs, device=device)
+        labelled = None if micro.labelled is None else torch.tensor(micro.labelled, device=device)
+        return _Inputs(query_tokens, passage_tokens, teacher, pairs, labelled)
+
+    @staticmethod
+    def encode(module: nn.Module, inputs: _Inputs) -> Encodings:
+        return module(inputs.query_tokens, inputs.passage_tokens)
+
+    def loss(self, encodings: list[Encodings], inputs: list[_Inputs]) -> torch.Tensor:
+        queries = torch.cat([encoded[0] for encoded in encodings])
+        passages = join_passages([encoded[1] for encoded in encodings])
+        offset = 0
+        if self.gathering:
+            offset = self.ctx.rank * len(queries)
+            passages = _gather_passages(passages, self.ctx, differentiable=True)
+        tokens = None if self.teacher is None else TeacherTokens.join([part.teacher for part in inputs])
+        scored_by = _cat([part.teacher_pairs for part in inputs])
+        if scored_by is None and self.condition != "none":
+            scored_by = tokens.gathered(self.ctx) if self.gathering else tokens
+        loss = eq6_loss(queries, passages, scored_by, self.condition, self.gamma, self.teacher_tau,
+                        self.student_tau, offset, _cat([part.labelled for part in inputs]))
+        if not self.embed_weight:
+            return loss
+        mapped_queries = torch.cat([encoded[2] for encoded in encodings])
+        mapped_passages = join_passages([encoded[3] for encoded in encodings])
+        return loss + self.embed_weight * embedding_matching_loss(mapped_queries, mapped_passages, tokens)
 
 
 def read_generated(paths: list[Path], triples: Path) -> dict[str, list[str]]:
@@ -97,18 +225,19 @@ def read_generated(paths: list[Path], triples: Path) -> dict[str, list[str]]:
 def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collection: Path, out: Path,
                   checkpoints: Path, losses: Path, cfg: LoopConfig, condition: str = "inbatch", gamma: float = 0.1,
                   teacher_tau: float = 0.25, student_tau: float = 1.0, init: str = "teacher",
-                  backbone: str | None = None, gather: bool = False, conv: Conventions = Conventions(),
+                  backbone: str | None = None, gather: bool = True, conv: Conventions = Conventions(),
                   ctx: Context | None = None, teacher_scores: Path | None = None,
                   embed_weight: float = 0.0, generated: dict[str, list[str]] | None = None,
                   generated_ratio: float = 0.0, generated_files: Sequence[Path] = ()) -> None:
     """Distil `teacher_dir` into a bi-encoder and save it to `out` (condition `none` needs no teacher).
 
-    `teacher_scores` replaces the online teacher's scores by a Margin-MSE score file (each query's
-    own pair, so `triplet` or `margin_mse` only); `embed_weight` > 0 adds EmbedDistill's embedding
-    matching of queries and passages against the teacher's pooled hidden states. `generated` (pid ->
-    queries generated from it) mixed in at `generated_ratio`: those rows are labelled by the online
-    teacher alone, which only tight coupling makes possible (no qrels, no precomputed scores);
-    `generated_files`, the prediction files `generated` was read from, identify it in the checkpoints.
+    `gather` (under torchrun) makes every rank's passages negatives of every query. `teacher_scores`
+    replaces the online teacher's scores by a Margin-MSE score file (each query's own pair, so
+    `triplet` or `margin_mse` only); `embed_weight` > 0 adds EmbedDistill's embedding matching of queries
+    and passages against the mean of the teacher's MaxSim token vectors (`embedding_matching_loss`).
+    `generated` (pid -> queries generated from it) mixed in at `generated_ratio`: those rows are labelled
+    by the online teacher alone, which only tight coupling makes possible (no qrels, no precomputed
+    scores); `generated_files`, the prediction files `generated` was read from, identify it in the checkpoints.
     """
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
@@ -120,8 +249,7 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
                          "without --teacher-scores")
     ctx = ctx or setup_context()
     teacher = None
-    online_scores = condition != "none" and teacher_scores is None
-    if online_scores or embed_weight > 0:
+    if (condition != "none" and teacher_scores is None) or embed_weight > 0:
         if teacher_dir is None:
             raise ValueError(f"condition {condition!r} distils a teacher: give --teacher")
         teacher = ColBERT.load(teacher_dir).to(ctx.device).eval().requires_grad_(False)
@@ -135,55 +263,27 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
                          "tight coupling feeds both the same tokens")
     matcher = None
     if embed_weight > 0:
-        widths = (student.bert.config.hidden_size, teacher.bert.config.hidden_size)
-        matcher = nn.Identity() if widths[0] == widths[1] else nn.Linear(*widths, bias=False).to(ctx.device)
+        seed_everything(cfg.seed)  # the map is initialised from this seed
+        matcher = nn.Linear(student.bert.config.hidden_size, teacher.linear.out_features, bias=False)
     batches = TripleBatches(triples, queries, collection, cfg.batch_size, cfg.seed, teacher_scores, generated,
                             generated_ratio)
-    # Gathered passages must have one shape on every rank, so pad to the full length then.
-    padding = "max_length" if gather and ctx.world > 1 else "longest"
-
-    def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
-        query_tokens = tokenize_queries(student.tokenizer, batch.queries, conv).to(ctx.device)
-        passage_tokens = tokenize_passages(student.tokenizer, batch.positives + batch.negatives, conv,
-                                           padding).to(ctx.device)
-        query_vectors, passage_vectors, *mapped = module(query_tokens, passage_tokens)
-        offset = 0
-        teacher_scores = None
-        if batch.teacher_pairs is not None:
-            teacher_scores = torch.tensor(batch.teacher_pairs, device=ctx.device)
-        if gather and ctx.world > 1:
-            offset = ctx.rank * len(batch.queries)
-            passage_vectors = _gather_passages(passage_vectors, ctx, differentiable=True)
-        matching = None
-        if teacher is not None:
-            with torch.no_grad():
-                query_hidden = teacher.hidden_states(query_tokens["input_ids"], query_tokens["attention_mask"])
-                doc_hidden = teacher.hidden_states(passage_tokens["input_ids"], passage_tokens["attention_mask"])
-                if online_scores:
-                    teacher_scores = _online_scores(teacher, query_tokens, passage_tokens, query_hidden, doc_hidden,
-                                                    ctx if gather else None)
-            if mapped:
-                # EmbedDistill: the teacher's masked mean over the same tokens the student pools.
-                targets = (masked_mean(query_hidden, query_tokens["attention_mask"], conv.pool_start),
-                           masked_mean(doc_hidden, passage_tokens["attention_mask"], conv.pool_start))
-                matching = sum(map(embedding_matching, mapped, targets)) / 2
-        labelled = None if batch.labelled is None else torch.tensor(batch.labelled, device=ctx.device)
-        loss = student_loss(query_vectors @ passage_vectors.T, teacher_scores, condition, gamma, teacher_tau,
-                            student_tau, offset, labelled)
-        return loss if matching is None else loss + embed_weight * matching
-
+    gathering = gather and ctx.world > 1
+    distillation = _Distillation(student.tokenizer, teacher, conv, ctx, condition, gamma, teacher_tau, student_tau,
+                                 embed_weight, gathering)
     made_from = fingerprint(
         "student",
         {"init": init, "loop": cfg, "condition": condition, "gamma": gamma, "teacher_tau": teacher_tau,
-         "student_tau": student_tau, "gather": gather, "conv": conv, "world": ctx.world,
-         "embed_weight": embed_weight, "generated_ratio": generated_ratio},
+         "student_tau": student_tau, "gather": gathering, "conv": conv, "world": ctx.world,
+         "embed_weight": embed_weight, "generated_ratio": generated_ratio,
+         **({"embed_target": EMBED_TARGET} if embed_weight > 0 else {})},
         {"teacher": teacher_dir if teacher is not None or init == "teacher" else None,
          "backbone": backbone if init == "backbone" else None, "triples": triples, "queries": queries,
          "collection": collection, "teacher_scores": teacher_scores,
          # The prediction files when given (a multi-GB file is sampled), else the queries handed in.
          "generated": list(generated_files) if generated_files else generated},
         ctx)
-    fit(_QueryPassageEncoder(student, matcher), loss_fn, batches, cfg, checkpoints, made_from, ctx,
+    objective = BatchObjective(distillation.prepare, distillation.encode, distillation.loss)
+    fit(_QueryPassageEncoder(student, matcher), objective, batches, cfg, checkpoints, made_from, ctx,
         desc=f"student[{condition}]")
     finish(student.save, checkpoints, out, losses, ctx)
 
@@ -197,7 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--student-tau", type=float, default=1.0)
     parser.add_argument("--init", choices=("teacher", "backbone"), default="teacher")
     parser.add_argument("--backbone", default=None, help="with --init backbone: Hub id, directory or all-MiniLM-L6-v2")
-    parser.add_argument("--gather", action="store_true", help="in-batch negatives from every rank (torchrun)")
+    parser.add_argument("--gather", action=argparse.BooleanOptionalAction, default=True,
+                        help="under torchrun, one softmax over every rank's passages (the paper's batch); "
+                             "--no-gather: each rank's own")
     parser.add_argument("--teacher-scores", type=Path, default=None,
                         help="Margin-MSE scores ('pos_score neg_score qid pos_pid neg_pid') instead of online ones")
     parser.add_argument("--embed-weight", type=float, default=0.0, help="weight of embedding matching (EmbedDistill)")

@@ -13,12 +13,13 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import nn
+from transformers import BatchEncoding
 
 from pipeline.cli import run_stage
 from pipeline.models.backbone import Conventions, tokenize_passages, tokenize_queries
-from pipeline.models.colbert import ColBERT
-from pipeline.train.batches import Batch, TripleBatches
+from pipeline.models.colbert import ColBERT, maxsim, pad_tokens
+from pipeline.train.batches import Batch, TripleBatches, join_passages
+from pipeline.train.gradcache import BatchObjective, Encodings
 from pipeline.train.loop import (
     Context,
     LoopConfig,
@@ -42,25 +43,34 @@ def train_teacher(backbone: str, triples: Path, queries: Path, collection: Path,
     """Train the ColBERT teacher and save it to `out`.
 
     The loss is ColBERT v1's pairwise softmax cross-entropy over (positive, own negative); with
-    `inbatch` every other passage of the batch is a negative too.
+    `inbatch` every other passage of the batch (of this process's share of it under torchrun) is a
+    negative too, across accumulated micro-batches as well (gradient caching).
     """
     ctx = ctx or setup_context()
     seed_everything(cfg.seed)  # the projection head is initialised from this seed
     model = ColBERT.from_backbone(backbone, conv, dim=dim, bias=bias, normalize_queries=normalize_queries)
     batches = TripleBatches(triples, queries, collection, cfg.batch_size, cfg.seed)
 
-    def loss_fn(module: nn.Module, batch: Batch) -> torch.Tensor:
-        query_tokens = tokenize_queries(model.tokenizer, batch.queries, conv).to(ctx.device)
-        doc_tokens = tokenize_passages(model.tokenizer, batch.positives + batch.negatives, conv).to(ctx.device)
-        scores = module(query_tokens, doc_tokens)
+    def prepare(micro: Batch) -> tuple[BatchEncoding, BatchEncoding]:
+        return (tokenize_queries(model.tokenizer, micro.queries, conv).to(ctx.device),
+                tokenize_passages(model.tokenizer, micro.positives + micro.negatives, conv).to(ctx.device))
+
+    def loss(encodings: list[Encodings], tokens: list[tuple[BatchEncoding, BatchEncoding]]) -> torch.Tensor:
+        """MaxSim over the micro-batches' token vectors joined (padded to one length) in batch order."""
+        queries, docs, doc_masks = zip(*encodings, strict=True)
+        query_mask = torch.cat(pad_tokens([query_tokens["attention_mask"] for query_tokens, _ in tokens]))
+        scores = maxsim(torch.cat(pad_tokens(list(queries))), query_mask, join_passages(pad_tokens(list(docs))),
+                        join_passages(pad_tokens(list(doc_masks))))
         return inbatch_cross_entropy(scores) if inbatch else teacher_pairwise_loss(scores)
 
+    # The pairwise loss is a mean over queries: plain accumulation is exact for it.
+    objective = BatchObjective(prepare, lambda module, tokens: module(*tokens), loss, per_query=not inbatch)
     made_from = fingerprint("teacher", {"loop": cfg, "conv": conv, "dim": dim, "bias": bias,
                                         "normalize_queries": normalize_queries, "inbatch": inbatch,
                                         "world": ctx.world},
                             {"backbone": backbone, "triples": triples, "queries": queries, "collection": collection},
                             ctx)
-    fit(model, loss_fn, batches, cfg, checkpoints, made_from, ctx, desc="teacher")
+    fit(model, objective, batches, cfg, checkpoints, made_from, ctx, desc="teacher")
     finish(model.save, checkpoints, out, losses, ctx)
 
 

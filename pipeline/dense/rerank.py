@@ -26,46 +26,14 @@ from tqdm import tqdm
 
 from pipeline.cli import run_stage
 from pipeline.dense.runtime import device_name, model_fingerprint
-from pipeline.dense.tokens import open_token_shard
-from pipeline.io import atomic_output, read_manifest, read_queries, read_run, write_run
+from pipeline.dense.tokens import TokenStore
+from pipeline.io import atomic_output, read_queries, read_run, write_run
 from pipeline.models.backbone import tokenize_queries
 from pipeline.models.colbert import ColBERT, maxsim
 from pipeline.precision import describe
 from pipeline.timing import time_each
 
 log = logging.getLogger(__name__)
-
-
-class TokenStore:
-    """All token shards, memory-mapped, addressable by passage id."""
-
-    def __init__(self, shard_dirs: list[Path], fingerprint: str, checksum: bool = True):
-        self.tokens, self.offsets, self.where = [], [], {}
-        self.bytes = self.passages = 0
-        for directory in sorted(shard_dirs, key=lambda d: read_manifest(d)["shard"]):
-            # Size, shape, dtype and (with `checksum`) blake2b of tokens.npy and offsets.npy: see open_token_shard.
-            tokens, offsets, ids, _ = open_token_shard(Path(directory), fingerprint, checksum)
-            shard = len(self.tokens)
-            self.where.update({pid: (shard, row) for row, pid in enumerate(ids)})
-            self.tokens.append(tokens)
-            self.offsets.append(offsets)
-            self.bytes += tokens.nbytes
-            self.passages += len(ids)
-
-    def padded(self, pids: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, L, dim) token embeddings of `pids`, zero-padded, and the (N, L) mask of real tokens."""
-        pieces = []
-        for pid in pids:
-            if pid not in self.where:
-                raise KeyError(f"passage {pid} of the candidate run is not in the token index")
-            shard, row = self.where[pid]
-            pieces.append(self.tokens[shard][self.offsets[shard][row]:self.offsets[shard][row + 1]])
-        longest = max(len(p) for p in pieces)
-        docs = np.zeros((len(pieces), longest, self.tokens[0].shape[1]), dtype=np.float32)
-        mask = np.zeros((len(pieces), longest), dtype=bool)
-        for i, piece in enumerate(pieces):
-            docs[i, :len(piece)], mask[i, :len(piece)] = piece, True
-        return torch.from_numpy(docs).to(device), torch.from_numpy(mask).to(device)
 
 
 def colbert_rerank(model: str, token_dirs: list[Path], queries_path: Path, candidates: Path, run_path: Path,
@@ -83,7 +51,7 @@ def colbert_rerank(model: str, token_dirs: list[Path], queries_path: Path, candi
             return []
         tokens = tokenize_queries(teacher.tokenizer, [queries[qid]], teacher.conv).to(device)
         query = teacher.query_embeddings(tokens["input_ids"], tokens["attention_mask"])
-        docs, mask = store.padded(pids, device)
+        docs, mask = store.padded(store.positions(pids), device)
         scores = maxsim(query.float(), tokens["attention_mask"], docs, mask)[0].cpu().numpy()
         order = np.lexsort((np.array(pids), -scores))  # score, then docid for a deterministic order
         return [(pids[i], float(scores[i])) for i in order]

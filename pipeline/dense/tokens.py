@@ -11,14 +11,19 @@ As an embedding shard's, the manifest records the size, shape, dtype and blake2b
 `tokens.npy` and `offsets.npy` (`files`, computed once they are written, before the directory is
 renamed into place), and open_token_shard refuses, naming the file, one that does not match. The
 shard is always written afresh (there is no keep-if-complete step to verify).
+
+TokenStore opens a complete set of shards as one memory-mapped store, for re-ranking
+(pipeline.dense.rerank) and end-to-end retrieval (pipeline.dense.colbert_retrieve).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +113,69 @@ def open_token_shard(directory: Path, fingerprint: str | None = None,
     if ids_checksum(ids) != manifest["ids_checksum"]:
         raise InputFormatError(directory / IDS_FILE, None, "the ids whose checksum the manifest records")
     return tokens, offsets, ids, manifest
+
+
+class TokenStore:
+    """Every token shard of one collection, memory-mapped, laid end to end in shard order.
+
+    Passage i of the store is `ids[i]`; its tokens are rows `token_offsets[i]:token_offsets[i + 1]` of the
+    shards' tokens taken as one array, so an index built over all tokens in that order maps a hit (a row)
+    back to its passage with `passages_of` (a binary search over the offsets: no per-token table).
+    The shards must be one complete set (shards 0..n-1 of n) from one model; each is verified by
+    open_token_shard (size, shape, dtype and, with `checksum`, blake2b of its arrays).
+    """
+
+    def __init__(self, shard_dirs: Sequence[Path], fingerprint: str | None = None, checksum: bool = True):
+        opened = sorted(((Path(d), *open_token_shard(Path(d), fingerprint, checksum)) for d in shard_dirs),
+                        key=lambda shard: shard[4]["shard"])
+        first = opened[0][4]
+        for directory, _, _, _, manifest in opened:
+            for key in ("model_fingerprint", "dims", "shards"):
+                if manifest[key] != first[key]:
+                    raise InputFormatError(directory / MANIFEST_FILE, None, f"{key} = {first[key]!r} as in the "
+                                           f"other token shards", repr(manifest[key]))
+        if [shard[4]["shard"] for shard in opened] != list(range(first["shards"])):
+            raise ValueError(f"expected token shards 0..{first['shards'] - 1}, got "
+                             f"{[shard[4]['shard'] for shard in opened]}")
+        self.directories = [directory for directory, *_ in opened]
+        self.tokens = [tokens for _, tokens, _, _, _ in opened]
+        self.manifests = [manifest for *_, manifest in opened]
+        self.ids = [pid for _, _, _, ids, _ in opened for pid in ids]
+        self.token_starts = np.cumsum([0] + [len(tokens) for tokens in self.tokens])  # first row of each shard
+        self.token_offsets = np.concatenate([[0]] + [offsets[1:] + start for (_, _, offsets, _, _), start
+                                                     in zip(opened, self.token_starts[:-1], strict=True)])
+        self.dims, self.model_fingerprint = first["dims"], first["model_fingerprint"]
+        self.passages, self.bytes = len(self.ids), sum(tokens.nbytes for tokens in self.tokens)
+
+    @functools.cached_property
+    def position(self) -> dict[str, int]:
+        """Passage id -> position; built on first use (the end-to-end search never looks passages up by id)."""
+        return {pid: i for i, pid in enumerate(self.ids)}
+
+    def positions(self, pids: Sequence[str]) -> list[int]:
+        """The positions of `pids`; a passage the shards do not hold is a KeyError naming it."""
+        missing = next((pid for pid in pids if pid not in self.position), None)
+        if missing is not None:
+            raise KeyError(f"passage {missing} of the candidate run is not in the token index")
+        return [self.position[pid] for pid in pids]
+
+    def passages_of(self, rows: np.ndarray) -> np.ndarray:
+        """The position of the passage owning each token row (rows of all shards end to end)."""
+        return np.searchsorted(self.token_offsets, rows, side="right") - 1
+
+    def padded(self, positions: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, L, dim) float32 token embeddings of the passages at `positions`, zero-padded, and the (N, L) mask
+        of real tokens."""
+        shards = np.searchsorted(self.token_starts, self.token_offsets[positions], side="right") - 1
+        pieces = [self.tokens[shard][self.token_offsets[p] - self.token_starts[shard]:
+                                     self.token_offsets[p + 1] - self.token_starts[shard]]
+                  for p, shard in zip(positions, shards, strict=True)]
+        longest = max(len(piece) for piece in pieces)
+        docs = np.zeros((len(pieces), longest, self.dims), dtype=np.float32)
+        mask = np.zeros((len(pieces), longest), dtype=bool)
+        for i, piece in enumerate(pieces):
+            docs[i, :len(piece)], mask[i, :len(piece)] = piece, True
+        return torch.from_numpy(docs).to(device), torch.from_numpy(mask).to(device)
 
 
 def main(argv: list[str] | None = None) -> None:

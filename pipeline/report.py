@@ -5,7 +5,8 @@
 
 Figures (also saved as PNGs beside the report): training losses of teacher and students, the
 alpha curves of every hybrid, the latency of each stage, and per-query effectiveness of two runs
-against each other.
+against each other; queries whose top k is less than `--judged-threshold` judged in either run (by
+`<results>/coverage/<run>.<split>.tsv`, pipeline.coverage, where it exists) are marked in that last figure.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from pipeline.cli import run_stage
-from pipeline.evaluate import read_per_query
+from pipeline.evaluate import MEAN_ROW, read_per_query
 from pipeline.io import atomic_output
+from pipeline.tables import coverage_path, read_coverage
 
 log = logging.getLogger(__name__)
+JUDGED_THRESHOLD = 0.7  # below this judged fraction of the top k, a query's measure says little about the run
 
 
 def _loss_figure(training: Path):
@@ -77,20 +80,46 @@ def _latency_figure(table2: Path):
     return fig
 
 
-def _scatter_figure(results: Path, x_run: str, y_run: str, split: str, measure: str):
+def poorly_judged(results: Path, runs: tuple[str, ...], split: str, threshold: float) -> tuple[set[str], str]:
+    """Queries whose top k is less than `threshold` judged in any of `runs` with a coverage file, and the judged@k
+    column that says so ("" when no run has a coverage file)."""
+    flagged, column = set(), ""
+    for run in runs:
+        path = coverage_path(results, run, split)
+        if path.exists():
+            frame = read_coverage(path).drop(MEAN_ROW)
+            column = next(name for name in frame.columns if name.startswith("judged@"))
+            flagged |= set(frame.index[frame[column] < threshold])
+    return flagged, column
+
+
+def _scatter_figure(results: Path, x_run: str, y_run: str, split: str, measure: str,
+                    judged_threshold: float = JUDGED_THRESHOLD):
     x_path, y_path = (results / "metrics" / f"{run}.{split}.tsv" for run in (x_run, y_run))
     if not (x_path.exists() and y_path.exists()):
         return None
     x, y = read_per_query(x_path, measure), read_per_query(y_path, measure)
     common = sorted(set(x) & set(y))
+    flagged, judged_column = poorly_judged(results, (x_run, y_run), split, judged_threshold)
+    marked = [q for q in common if q in flagged]
     fig, ax = plt.subplots(figsize=(5, 5))
-    # Reciprocal ranks take few values: equal points are drawn once, their size and label the query count.
-    counts = Counter((x[q], y[q]) for q in common)
-    ax.scatter([px for px, _ in counts], [py for _, py in counts], s=[12 + 6 * n for n in counts.values()],
-               alpha=0.4)
-    for (px, py), n in counts.items():
-        if n > 1:
-            ax.annotate(str(n), (px, py), fontsize=7, ha="center", va="center")
+    groups = [([q for q in common if q not in flagged], "o", "#4c72b0", "other queries" if judged_column else None)]
+    if judged_column:
+        depth = judged_column.removeprefix("judged@")
+        groups.append((marked, "D", "#dd8452",
+                       f"top {depth} < {judged_threshold:.0%} judged ({len(marked)} queries)"))
+        log.info("per query: %d of %d queries marked, top %s < %.0f%% judged", len(marked), len(common), depth,
+                 100 * judged_threshold)
+    for queries, marker, colour, label in groups:
+        # Reciprocal ranks take few values: equal points are drawn once, their size and label the query count.
+        counts = Counter((x[q], y[q]) for q in queries)
+        ax.scatter([px for px, _ in counts], [py for _, py in counts], s=[12 + 6 * n for n in counts.values()],
+                   alpha=0.4, marker=marker, color=colour, label=label)
+        for (px, py), n in counts.items():
+            if n > 1:
+                ax.annotate(str(n), (px, py), fontsize=7, ha="center", va="center")
+    if judged_column:
+        ax.legend(loc="upper left", fontsize=8)
     ax.plot([0, 1], [0, 1], color="grey", linewidth=1)
     wins = sum(y[q] > x[q] for q in common)
     losses = sum(y[q] < x[q] for q in common)
@@ -100,13 +129,13 @@ def _scatter_figure(results: Path, x_run: str, y_run: str, split: str, measure: 
 
 
 def build_report(results: Path, tables: Path, out: Path, scatter: tuple[str, str], split: str,
-                 measure: str) -> list[Path]:
+                 measure: str, judged_threshold: float = JUDGED_THRESHOLD) -> list[Path]:
     """Write the HTML report and its PNG figures; returns the figure paths."""
     figures_dir = out.parent / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     figures = {"training_losses": _loss_figure(results / "training"), "alpha_curves": _alpha_figure(results / "fusion"),
                "latency": _latency_figure(tables / "table2_latency.tsv"),
-               "per_query": _scatter_figure(results, *scatter, split, measure)}
+               "per_query": _scatter_figure(results, *scatter, split, measure, judged_threshold)}
     parts = ["<!doctype html><meta charset='utf-8'><title>TCT-ColBERT pipeline report</title>",
              "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>",
@@ -114,7 +143,7 @@ def build_report(results: Path, tables: Path, out: Path, scatter: tuple[str, str
     titled = [(tables / f"{name}.tsv", title) for name, title in (
         ("table1", "Table 1: effectiveness and latency"), ("table2_latency", "Table 2: latency"),
         ("table3_ablation", "Table 3: distillation conditions"),
-        ("table4_distillation", "Table 4: distillation strategies"))]
+        ("table4_distillation", "Table 4: distillation strategies"), ("table5_fusion", "Table 5: fusion methods"))]
     titled += [(path, f"Approximate indexes against flat search: {path.stem}")
                for path in sorted((results / "indexes").glob("*.tsv"))]
     for path, title in titled:
@@ -147,9 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scatter", nargs=2, default=("bm25", "tct_inbatch"), metavar=("X_RUN", "Y_RUN"))
     parser.add_argument("--split", default="dev")
     parser.add_argument("--measure", default="RR@10")
+    parser.add_argument("--judged-threshold", type=float, default=JUDGED_THRESHOLD,
+                        help="mark per-query points whose top k is less judged than this fraction in either run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    figures = build_report(args.results, args.tables, args.out, tuple(args.scatter), args.split, args.measure)
+    figures = build_report(args.results, args.tables, args.out, tuple(args.scatter), args.split, args.measure,
+                           args.judged_threshold)
     log.info("report %s with %d figures", args.out, len(figures))
 
 

@@ -1,5 +1,5 @@
-"""Tables 1-4: methods (Table 1), latency per stage (Table 2), distillation conditions (Table 3),
-distillation strategies of the neighbouring papers (Table 4).
+"""Tables 1-5: methods (Table 1), latency per stage (Table 2), distillation conditions (Table 3),
+distillation strategies of the neighbouring papers (Table 4), fusion methods beside Eq. 7 (Table 5).
 
     python -m pipeline.tables --spec '<json>' --results results/D --out-dir results
 
@@ -7,6 +7,9 @@ The spec (built from config by the workflow) lists rows `{name, run, compare_to,
 and columns `{split, measure}`; a row's metrics are read from `<results>/metrics/<run>.<split>.tsv`
 and its latency from `<results>/runs/<run>.<latency_split>.latency.json`. Adding a method is one
 row in config. Paper figures are shown, with our difference from them, when `show_paper` is set.
+With `coverage: {splits, depth, p}`, Table 1 adds each split's Judged@depth and RBP(p) + residual from
+`<results>/coverage/<run>.<split>.tsv` (pipeline.coverage). With `table5: {methods, pairs}`, Table 5 lists each
+{dense, sparse} pair fused by each method (runs `<dense>+<sparse>` for eq7, `<dense>+<sparse>@<method>` otherwise).
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from pipeline.cli import run_stage
-from pipeline.evaluate import read_means, read_per_query
+from pipeline.evaluate import MEAN_ROW, read_means, read_per_query
+from pipeline.fusion_methods import METHODS
 from pipeline.io import atomic_output
+
+EQ7 = "eq7"  # Table 5's name for the paper's hybrid (pipeline.fusion), the baseline of its tests
 
 
 def metrics_path(results: Path, run: str, split: str) -> Path:
@@ -31,6 +38,25 @@ def metrics_path(results: Path, run: str, split: str) -> Path:
 
 def latency_file(results: Path, run: str, split: str) -> Path:
     return Path(results) / "runs" / f"{run}.{split}.latency.json"
+
+
+def coverage_path(results: Path, run: str, split: str) -> Path:
+    return Path(results) / "coverage" / f"{run}.{split}.tsv"
+
+
+def read_coverage(path: Path) -> pd.DataFrame:
+    """A file written by pipeline.coverage, indexed by qid: its per-query rows and their mean (MEAN_ROW)."""
+    # qids stay strings: "NA" or "001" are query ids, not a missing value or a number.
+    return pd.read_csv(path, sep="\t", dtype={"qid": str}, keep_default_na=False).set_index("qid")
+
+
+def _coverage_cells(results: Path, run: str, split: str, depth: int) -> list[str]:
+    """Judged@depth and `RBP + residual` of a run's mean row."""
+    path = coverage_path(results, run, split)
+    means = read_coverage(path).loc[MEAN_ROW]
+    if f"judged@{depth}" not in means:
+        raise ValueError(f"{path}: no judged@{depth} column (it has {', '.join(means.index)})")
+    return [_fmt(means[f"judged@{depth}"]), f"{_fmt(means['rbp'])} + {_fmt(means['rbp_residual'])}"]
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -52,7 +78,10 @@ def build_table1(spec: dict, results: Path, level: float = 0.05) -> tuple[list[s
     """Header and rows of Table 1 as strings; `*` marks p < level against the row's `compare_to`."""
     columns = [f"{c['split']}/{c['measure']}" for c in spec["columns"]]
     show_paper = bool(spec.get("show_paper"))
-    header = ["method", *columns, "latency_ms", "alpha", "compared_to"]
+    coverage = spec.get("coverage") or {"splits": []}
+    covered = [name for split in coverage["splits"]
+               for name in (f"{split}/Judged@{coverage['depth']}", f"{split}/RBP(p={coverage['p']:g})")]
+    header = ["method", *columns, *covered, "latency_ms", "alpha", "compared_to"]
     if show_paper:
         header += [f"paper {c}" for c in columns] + [f"diff {c}" for c in columns]
     rows = []
@@ -67,6 +96,8 @@ def build_table1(spec: dict, results: Path, level: float = 0.05) -> tuple[list[s
                 p = paired_p_value(results, row["run"], row["compare_to"], column["split"], column["measure"])
                 marker = "*" if p < level else ""
             cells_ours.append(_fmt(ours[name]) + marker)
+        for split in coverage["splits"]:
+            cells_ours += _coverage_cells(results, row["run"], split, coverage["depth"])
         timing_path = latency_file(results, row["run"], spec["latency_split"])
         timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
         cells = [row["name"], *cells_ours, _fmt(timing.get("latency_ms_median"), 2), _fmt(timing.get("alpha"), 2),
@@ -193,11 +224,75 @@ def build_table4(spec: dict, columns: list[dict], results: Path,
     return header, rows
 
 
+def fusion_run(dense: str, sparse: str, method: str) -> str:
+    """The run a fusion method makes of a pair: Eq. 7's keeps the hybrid's plain name."""
+    return f"{dense}+{sparse}" if method == EQ7 else f"{dense}+{sparse}@{method}"
+
+
+def _fusion_parameter(results: Path, dense: str, sparse: str, method: str, latency_split: str) -> str:
+    """`name=value` of the parameter a fusion ran with: Eq. 7's alpha as Table 1 reads it, rrf's and rbp's as
+    `pipeline.fusion_methods tune` chose it; empty for methods without one."""
+    if method == EQ7:
+        alpha = _json(latency_file(results, fusion_run(dense, sparse, method), latency_split)).get("alpha")
+        return "" if alpha is None else f"alpha={_fmt(alpha, 2)}"
+    if METHODS[method].parameter is None:
+        return ""
+    choice = json.loads((Path(results) / "fusion" / f"{dense}+{sparse}.{method}.json").read_text())
+    return f"{choice['parameter']}={choice['value']:g}"
+
+
+def build_table5(spec: dict, columns: list[dict], latency_split: str, results: Path,
+                 level: float = 0.05) -> tuple[list[str], list[list[str]]]:
+    """Fusion methods: one row per (pair, method) with Table 1's columns; each method is tested against Eq. 7 of
+    its pair (paired t-test), the p-values of a column Holm-corrected together (`*`: adjusted p < level)."""
+    unknown = [method for method in spec["methods"] if method != EQ7 and method not in METHODS]
+    if unknown:
+        raise ValueError(f"Table 5: unknown fusion method {unknown[0]!r} (known: {EQ7}, {', '.join(METHODS)})")
+    names = [f"{c['split']}/{c['measure']}" for c in columns]
+    header = ["hybrid", "method", "parameter", *names, f"p_holm vs {EQ7} ({names[0]})"]
+    rows, tests = [], []  # tests: (row index, run, its pair's Eq. 7 run)
+    for pair in spec["pairs"]:
+        dense, sparse = pair["dense"], pair["sparse"]
+        for method in spec["methods"]:
+            run = fusion_run(dense, sparse, method)
+            if method != EQ7:
+                tests.append((len(rows), run, fusion_run(dense, sparse, EQ7)))
+            means = [read_means(metrics_path(results, run, c["split"]))[c["measure"]] for c in columns]
+            rows.append([f"{dense}+{sparse}", method, _fusion_parameter(results, dense, sparse, method, latency_split),
+                         *map(_fmt, means), ""])
+    for position, column in enumerate(columns):
+        if not tests:
+            break
+        raw = [paired_p_value(results, run, eq7, column["split"], column["measure"]) for _, run, eq7 in tests]
+        adjusted = multipletests(raw, alpha=level, method="holm")[1]
+        for (index, _, _), p in zip(tests, adjusted, strict=True):
+            rows[index][3 + position] += "*" if p < level else ""
+            if position == 0:
+                rows[index][-1] = _fmt(float(p))
+    return header, rows
+
+
+# What each method scores, for Table 5's note (pipeline.fusion and pipeline.fusion_methods say it in full).
+FUSION_NOTES = {
+    EQ7: "eq7: alpha * sparse + dense score (the paper's Eq. 7)",
+    "rrf": "rrf: sum of 1 / (k + rank)",
+    "rbp": "rbp: sum of (1 - p) * p^(rank - 1)",
+    "combsum": "combsum: sum of per-query min-max normalised scores",
+    "combmnz": "combmnz: sum of per-query min-max normalised scores times the number of runs holding the document",
+    "borda": "borda: sum of Borda points",
+}
+
+
 def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
-    """Tables 1-4 (TSV and Markdown) into `out_dir`; Tables 2-4 when the spec asks for them."""
+    """Tables 1-5 (TSV and Markdown) into `out_dir`; Tables 2-5 when the spec asks for them."""
     header, rows = build_table1(spec, results)
     notes = ["`*`: paired two-sided t-test over queries against the run in `compared_to`, p < 0.05. "
              "Latency: median ms/query on this machine (hybrids: max(sparse, dense) + fusion).", spec.get("note", "")]
+    if (spec.get("coverage") or {}).get("splits"):  # the config may resolve the splits to none
+        depth, p = spec["coverage"]["depth"], spec["coverage"]["p"]
+        notes.append(f"Judged@{depth}: the fraction of each query's top {depth} with a judgement of any grade, "
+                     f"averaged over queries. RBP(p={p:g}) `value + residual`: rank-biased precision over binary "
+                     "relevance, and its residual, what the unjudged documents could add to it at most (trectools).")
     if spec.get("show_paper"):
         notes += [f"{row['name']}: reference figures from {row['reference']}." for row in spec["rows"]
                   if row.get("reference")]
@@ -220,6 +315,18 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
                [f"`*`: paired two-sided t-test over queries against {spec['table4']['baseline']}, p < 0.05. "
                 "s_per_step: median seconds per optimisation step on this machine, teacher included, in the "
                 "precision named."])
+    if spec.get("table5"):
+        fusions = spec["table5"]
+        header, rows = build_table5(fusions, spec["columns"], spec["latency_split"], results)
+        others = [method for method in fusions["methods"] if method != EQ7]
+        notes = ["; ".join(FUSION_NOTES[method] for method in dict.fromkeys([EQ7, *others])) + "."]
+        if others:
+            notes = [f"`*`: paired two-sided t-test over queries against {EQ7} of the same hybrid, Holm-Bonferroni "
+                     f"adjusted p < 0.05; each column's tests form one family ({len(fusions['pairs']) * len(others)} "
+                     f"comparisons: every hybrid x every method but {EQ7}). p_holm: the adjusted p of the first "
+                     "column.", notes[0] + f" All but {EQ7} are fused by trectools (CombSUM/MNZ and Borda by its "
+                     "combos)."]
+        _write(Path(out_dir) / "table5_fusion.tsv", "Table 5 - fusion methods", header, rows, notes)
 
 
 def main(argv: list[str] | None = None) -> None:

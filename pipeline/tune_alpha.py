@@ -129,12 +129,18 @@ def tune_alpha(sparse_path: Path, dense_path: Path, qrels_path: Path, curve_path
     choice = {"alpha": float(alphas[best]), "measure": measure, measure: curve[best], "queries": len(qrels),
               "grid": [start, stop, step], "sweep_seconds": round(seconds, 3),
               "normalization": normalization, "weight_on_dense": weight_on_dense}
+    write_sweep(curve_path, choice_path, "alpha", [f"{a:.4f}" for a in alphas], curve, choice)
+    return choice
+
+
+def write_sweep(curve_path: Path, choice_path: Path, parameter: str, values: list[str], curve: list[float],
+                choice: dict) -> None:
+    """A tuning sweep's curve (`parameter` TAB the measure, a line per value tried) and its choice (JSON)."""
     with atomic_output(curve_path) as out:
-        out.write(f"alpha\t{measure}\n")
-        out.writelines(f"{a:.4f}\t{v:.6f}\n" for a, v in zip(alphas, curve, strict=True))
+        out.write(f"{parameter}\t{choice['measure']}\n")
+        out.writelines(f"{value}\t{score:.6f}\n" for value, score in zip(values, curve, strict=True))
     with atomic_output(choice_path) as out:
         json.dump(choice, out, indent=2)
-    return choice
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,8 @@ not take away. `resolve_config` runs once, after schema validation, and gives an
 - settings left out follow the dataset: the split of Tables 2 and 3, of the report, of Table 1's
   latency column and of the index comparison is the first split of `evaluation.columns`; the measure of
   Table 3 and of the report is the first measure of Table 1; alpha is tuned on RR@10 on MS MARCO (the
-  paper's choice) and on Table 1's first measure on any other dataset;
+  paper's choice) and on Table 1's first measure on any other dataset; judgement coverage
+  (`evaluation.coverage.splits: auto`) is shown for Table 1's splits named dl* (TREC DL's pooled judgements);
 - `doc2query.source: none` leaves out everything built on the expansion: the sparse runs indexing it,
   the students trained on generated queries, and the table rows, strategies and conditions using them;
 - on a dataset other than msmarco-passage, the candidate lists naming MS MARCO's official files go, with
@@ -64,6 +65,14 @@ def _follow_dataset(config: dict) -> None:
         config["report"]["scatter"] = _default_scatter(config)
     paper_dataset = config["dataset"]["source"] == "msmarco-passage"
     config["fusion"]["tune_measure"] = config["fusion"]["tune_measure"] or ("RR@10" if paper_dataset else measure)
+    coverage = config["evaluation"]["coverage"]
+    if coverage["splits"] == "auto":
+        coverage["splits"] = [split for split in table1_splits(config) if split.startswith("dl")]
+
+
+def table1_splits(config: dict) -> list[str]:
+    """The splits of Table 1's columns, in order."""
+    return list(dict.fromkeys(column["split"] for column in config["evaluation"]["columns"]))
 
 
 def _default_scatter(config: dict) -> list[str]:
@@ -126,8 +135,8 @@ def _remove_users(config: dict, removed: dict) -> list[str]:
 
 
 def run_parts(run: str) -> list[str]:
-    """The sparse runs and dense models a run name is built from: `tct+bm25` -> [tct, bm25]."""
-    return re.split(r"\+|-rerank-", run.removeprefix("colbert-"))
+    """The sparse runs and dense models a run name is built from: `tct+bm25` and `tct+bm25@rrf` -> [tct, bm25]."""
+    return re.split(r"\+|-rerank-", run.removeprefix("colbert-").partition("@")[0])
 
 
 def first_stage_runs(config: dict) -> set[str]:
@@ -137,11 +146,13 @@ def first_stage_runs(config: dict) -> set[str]:
 
 def known_runs(config: dict) -> set[str]:
     """Every run the workflow can produce: sparse runs, candidate lists, dense models, their hybrids with
-    sparse runs, ColBERT end to end (`colbert`), its re-ranking of each first-stage run, and each dense
-    model re-ranking each."""
+    sparse runs (Eq. 7's `<dense>+<sparse>`, another fusion method's `<dense>+<sparse>@<method>`), ColBERT end
+    to end (`colbert`), its re-ranking of each first-stage run, and each dense model re-ranking each."""
     sparse, first = set(config["bm25"]["runs"]), first_stage_runs(config)
     dense = set(config["student"]["variants"]) | set(config["dense"]["published"])
-    derived = {f"colbert-{s}" for s in first} | {f"{d}+{s}" for d in dense for s in sparse}
+    hybrids = {f"{d}+{s}" for d in dense for s in sparse}
+    methods = [method for method in config["fusion"]["methods"] if method != "eq7"]
+    derived = {f"colbert-{s}" for s in first} | hybrids | {f"{h}@{m}" for h in hybrids for m in methods}
     derived |= {f"{d}-rerank-{s}" for d in dense for s in first}
     return first | dense | derived | {"colbert"}
 
@@ -156,6 +167,7 @@ def check_references(config: dict) -> None:
         named_splits.append(("dense.compare.split", config["dense"]["compare"]["split"]))
     named_splits += [(f"{section}.split", config[section]["split"])
                      for section in ("table2", "table3", "report") if config[section] is not None]
+    named_splits += [("evaluation.coverage.splits", split) for split in config["evaluation"]["coverage"]["splits"]]
     for key, split in named_splits:
         if split not in splits:
             raise ConfigReferenceError(f"{key} is {split!r}, not one of dataset.splits {splits}: change {key}")
@@ -170,9 +182,9 @@ def check_references(config: dict) -> None:
 def _check_candidate_splits(config: dict) -> None:
     """A candidate list must have a file for every split a table evaluates a run built on it."""
     candidates = config["rerank"]["candidates"]
-    table1_splits = list(dict.fromkeys(column["split"] for column in config["evaluation"]["columns"]))
+    splits = list(dict.fromkeys([*table1_splits(config), *config["evaluation"]["coverage"]["splits"]]))
     uses = [(f"table1.rows.{name!r}", run, split) for name, row in config["table1"]["rows"].items()
-            for run in filter(None, (row["run"], row.get("compare_to"))) for split in table1_splits]
+            for run in filter(None, (row["run"], row.get("compare_to"))) for split in splits]
     if config["table3"] is not None:
         uses.append(("table3.sparse", config["table3"]["sparse"], config["table3"]["split"]))
     for key, run, split in uses:
@@ -214,8 +226,9 @@ def _why_unknown(config: dict, run: str) -> str:
     defined = first_stage_runs(config) | set(config["student"]["variants"]) | set(config["dense"]["published"])
     missing = [part for part in run_parts(run) if part not in defined]
     if not missing:
-        return ("no rule produces (runs are <sparse>, <candidates>, <dense>, <dense>+<sparse>, colbert-<first stage>, "
-                "<dense>-rerank-<first stage>, where a first stage is a sparse run or a candidate list)")
+        return ("no rule produces (runs are <sparse>, <candidates>, <dense>, <dense>+<sparse>, "
+                "<dense>+<sparse>@<method of fusion.methods>, colbert-<first stage>, <dense>-rerank-<first stage>, "
+                "where a first stage is a sparse run or a candidate list)")
     where = "is not defined in bm25.runs, rerank.candidates, student.variants or dense.published"
     what = "" if missing == [run] else f"uses {', '.join(map(repr, missing))}, which "
     return f"{what}{where} (removed by a profile's null, or by doc2query.source none)"

@@ -8,7 +8,8 @@ from pathlib import Path
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
-from pipeline.workflow_config import resolve_config
+from pipeline.fusion_methods import METHODS as TRECTOOLS_FUSIONS
+from pipeline.workflow_config import resolve_config, run_parts
 
 # Profiles' `null` removals, splits and measures that follow the dataset, doc2query's switch, references checked.
 _left_out = resolve_config(config)
@@ -32,6 +33,9 @@ PUBLISHED = config["dense"]["published"]
 CANDIDATES = config["rerank"]["candidates"]
 D2Q = config["doc2query"]
 DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
+FUSIONS = [method for method in config["fusion"]["methods"] if method != "eq7"]  # Table 5's, by trectools
+TUNED_FUSIONS = [method for method in FUSIONS if TRECTOOLS_FUSIONS[method].parameter]
+COVERAGE = config["evaluation"]["coverage"]
 if "tune" in DATASET["splits"]:
     raise ValueError("'tune' is the alpha-tuning sample drawn from train; choose another split name")
 _clashes = ((set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & (set(SPARSE_RUNS) | set(CANDIDATES)))
@@ -50,13 +54,14 @@ def one_of(names):
 wildcard_constraints:
     split="[A-Za-z0-9_-]+",
     shard="[0-9]+",
-    run="[A-Za-z0-9_+-]+",
+    run="[A-Za-z0-9_+@-]+",
     sparse=one_of(SPARSE_RUNS),
     candidates=one_of(CANDIDATES),
     first=one_of({*SPARSE_RUNS, *CANDIDATES}),
     stem="[A-Za-z0-9._-]+",
     variant=one_of(VARIANTS),
     model=one_of(DENSE_MODELS),
+    method=one_of(FUSIONS),
 
 
 def rule_resource(rule_name, key, default):
@@ -141,18 +146,41 @@ def measures_for(wildcards):
     return list(dict.fromkeys(names)) or ["RR@10"]
 
 
+def hybrid_pairs():
+    """(dense model, sparse run) of every Eq. 7 hybrid in Table 1: Table 5 fuses each by every method."""
+    runs = dict.fromkeys(row["run"] for row in config["table1"]["rows"].values())
+    return [tuple(run_parts(run)) for run in runs if "+" in run and "@" not in run]
+
+
+def table5_spec():
+    pairs = hybrid_pairs()
+    if not pairs:
+        return None
+    return {"methods": config["fusion"]["methods"], "pairs": [{"dense": d, "sparse": s} for d, s in pairs]}
+
+
 def table_spec():
     rows = [{"name": name, **row} for name, row in config["table1"]["rows"].items()]
     return json.dumps({"dataset": DS, "rows": rows, "columns": config["evaluation"]["columns"],
                        "latency_split": config["evaluation"]["latency_split"],
                        "show_paper": config["table1"]["show_paper"], "note": config["table1"]["note"],
+                       "coverage": COVERAGE if COVERAGE["splits"] else None,
                        "table2": config["table2"], "table3": config["table3"],
-                       "table4": config["table4"]})
+                       "table4": config["table4"], "table5": table5_spec()})
 
 
 def table_outputs(section, stem):
     """The TSV and Markdown of an optional table, when config asks for it."""
     return [f"{stem}.tsv", f"{stem}.md"] if config[section] else []
+
+
+def table5_outputs():
+    return ["results/table5_fusion.tsv", "results/table5_fusion.md"] if hybrid_pairs() else []
+
+
+def coverage_files(runs, split):
+    """Judgement coverage of `runs` on `split`, when evaluation.coverage covers the split."""
+    return [f"{OUT}/coverage/{run}.{split}.tsv" for run in runs] if split in COVERAGE["splits"] else []
 
 
 def table_inputs(wildcards):
@@ -165,6 +193,10 @@ def table_inputs(wildcards):
             files += [f"{OUT}/metrics/{run}.{split}.tsv" for split in splits]
         if row["run"] not in CANDIDATES:  # a candidate list read from a file has no latency of its own
             files.append(f"{OUT}/runs/{row['run']}.{latency_split}.latency.json")
+        files += [file for split in COVERAGE["splits"] for file in coverage_files([row["run"]], split)]
+    for dense, sparse in hybrid_pairs():
+        files += [f"{OUT}/metrics/{dense}+{sparse}@{method}.{split}.tsv" for method in FUSIONS for split in splits]
+        files += [f"{OUT}/fusion/{dense}+{sparse}.{method}.json" for method in TUNED_FUSIONS]
     latency = config["table2"]
     if latency:
         split, dense, sparse = latency["split"], latency["dense"], latency["sparse"]
@@ -370,6 +402,12 @@ def fusion_options(wildcards):
     args = (["--alpha-file", f"{OUT}/fusion/{wildcards.model}+{wildcards.sparse}.alpha.json"] if alpha == "tuned"
             else ["--alpha", str(alpha)])
     return args + fusion_flags()
+
+
+def report_coverage():
+    """Coverage of the report's two per-query runs, which marks their thinly judged queries."""
+    settings = config["report"]
+    return coverage_files(settings["scatter"], settings["split"]) if settings else []
 
 
 def report_setting(key):

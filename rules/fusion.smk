@@ -82,3 +82,62 @@ rule fuse:
         "python -m pipeline.fusion --sparse {input.sparse:q} --dense {input.dense:q} --run {output.run:q}"
         " {params.options:q} --hits {params.hits:q} --latency-queries {params.latency_queries:q}"
         " --tag {wildcards.model:q}+{wildcards.sparse:q} > {log:q} 2>&1"
+
+
+# Table 5: the fusion methods of fusion.methods beside Eq. 7, by trectools (pipeline.fusion_methods). One job
+# tunes every method with a parameter (RRF's k, RBP's p) on the tuning split, as tune_alpha tunes alpha; one job
+# per split fuses by every method, reading both runs once.
+
+
+rule tune_fusion_methods:
+    input:
+        sparse=f"{OUT}/runs/{{sparse}}.tune.trec",
+        dense=f"{OUT}/runs/{{model}}.tune.trec",
+        qrels=f"{RES}/qrels.tune.txt",
+    output:
+        curves=expand(f"{OUT}/fusion/{{{{model}}}}+{{{{sparse}}}}.{{method}}.tsv", method=TUNED_FUSIONS),
+        choices=expand(f"{OUT}/fusion/{{{{model}}}}+{{{{sparse}}}}.{{method}}.json", method=TUNED_FUSIONS),
+    log:
+        f"{LOGS}/tune_fusion_methods.{{model}}+{{sparse}}.log",
+    benchmark:
+        f"{BENCH}/tune_fusion_methods.{{model}}+{{sparse}}.tsv"
+    params:
+        methods=TUNED_FUSIONS,
+        measure=config["fusion"]["tune_measure"],
+        hits=config["dense"]["hits"],
+    threads: 1
+    resources:
+        mem_mb=rule_resource("tune_fusion_methods", "mem_mb", 16000),
+        runtime=rule_resource("tune_fusion_methods", "runtime", 120),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.fusion_methods tune --method {params.methods:q} --sparse {input.sparse:q}"
+        " --dense {input.dense:q} --qrels {input.qrels:q} --measure {params.measure:q} --hits {params.hits:q}"
+        " --curve {output.curves:q} --choice {output.choices:q} > {log:q} 2>&1"
+
+
+rule fuse_methods:
+    input:
+        sparse=f"{OUT}/runs/{{sparse}}.{{split}}.trec",
+        dense=f"{OUT}/runs/{{model}}.{{split}}.trec",
+        choices=rules.tune_fusion_methods.output.choices,
+    output:
+        runs=expand(f"{OUT}/runs/{{{{model}}}}+{{{{sparse}}}}@{{method}}.{{{{split}}}}.trec", method=FUSIONS),
+    log:
+        f"{LOGS}/fuse_methods.{{model}}+{{sparse}}.{{split}}.log",
+    benchmark:
+        f"{BENCH}/fuse_methods.{{model}}+{{sparse}}.{{split}}.tsv"
+    params:
+        methods=FUSIONS,
+        hits=config["dense"]["hits"],
+    threads: 1
+    resources:
+        mem_mb=rule_resource("fuse_methods", "mem_mb", 16000),
+        runtime=rule_resource("fuse_methods", "runtime", 60),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.fusion_methods fuse --method {params.methods:q} --sparse {input.sparse:q}"
+        " --dense {input.dense:q} --param-file {input.choices:q} --hits {params.hits:q} --run {output.runs:q}"
+        " > {log:q} 2>&1"

@@ -1,5 +1,5 @@
 # tables: Table 1 (config table1.rows), Table 2 (latency per stage), Table 3 (distillation
-# conditions), Table 4 (distillation strategies), each as TSV and Markdown.
+# conditions), Table 4 (distillation strategies), Table 5 (fusion methods), each as TSV and Markdown.
 
 
 rule tables:
@@ -11,6 +11,7 @@ rule tables:
         latency=table_outputs("table2", "results/table2_latency"),
         ablation=table_outputs("table3", "results/table3_ablation"),
         strategies=table_outputs("table4", "results/table4_distillation"),
+        fusion_methods=table5_outputs(),
     log:
         f"{LOGS}/tables.log",
     benchmark:
@@ -35,6 +36,7 @@ rule report:
         tables=rules.tables.output,
         losses=training_curves(),
         indexes=index_comparisons(),
+        coverage=report_coverage(),
     output:
         report="results/report.html",
         figures=directory("results/figures"),

@@ -1,10 +1,13 @@
 import json
 
+import numpy as np
 import pytest
+from scipy import stats
 
+from pipeline import coverage
 from pipeline.evaluate import evaluate_run
 from pipeline.io import write_qrels, write_run
-from pipeline.tables import build_table1, build_table2, build_table3, build_table4, write_tables
+from pipeline.tables import build_table1, build_table2, build_table3, build_table4, build_table5, write_tables
 
 SPEC = {
     "dataset": "toy",
@@ -145,3 +148,114 @@ def test_table2_stages_devices_and_index_sizes(tmp_path):
         "80.000", "20520.5", "AVX2")
     assert table["hybrid, as the paper: max(sparse, dense) + fusion"]["median_ms"] == "20.500"
     assert table["hybrid, measured sequentially"]["median_ms"] == "33.500"
+
+
+def test_table1_coverage_columns(results):
+    # bm25's file as pipeline.coverage writes it (hand-computed: each query's top 2 has one judged document, its
+    # relevant one at rank 1 (RBP 0.2) or 2 (0.16), the unjudged one at the other rank); "other"'s written by hand,
+    # with a query row unlike the mean and RBP unlike its residual.
+    coverage.main(["--run", str(results / "runs" / "bm25.dev.trec"), "--qrels", str(results / "qrels.txt"),
+                   "--out", str(results / "coverage" / "bm25.dev.tsv")])
+    (results / "coverage" / "other.dev.tsv").write_text(
+        "qid\tjudged@10\trbp\trbp_residual\n1\t0.100000\t0.900000\t0.000000\nall\t0.423077\t0.423100\t0.102000\n")
+    spec = {**SPEC, "coverage": {"splits": ["dev"], "depth": 10, "p": 0.8}}
+    header, rows = build_table1(spec, results)
+    assert header[:6] == ["method", "dev/RR@10", "dl/nDCG@10", "dev/Judged@10", "dev/RBP(p=0.8)", "latency_ms"]
+    assert "paper dev/Judged@10" not in header and "diff dev/RBP(p=0.8)" not in header
+    bm25, other = (dict(zip(header, row, strict=True)) for row in rows)
+    assert (bm25["dev/Judged@10"], bm25["dev/RBP(p=0.8)"]) == ("0.5000", "0.1800 + 0.1800")
+    assert (other["dev/Judged@10"], other["dev/RBP(p=0.8)"]) == ("0.4231", "0.4231 + 0.1020")
+    assert bm25["paper dev/RR@10"] == "0.184" and bm25["diff dev/RR@10"] == "0.5660"
+    write_tables(spec, results, results)
+    assert "Judged@10: the fraction of each query's top 10 with a judgement of any grade" in (
+        results / "table1.md").read_text()
+    assert build_table1({**SPEC, "coverage": None}, results)[0] == build_table1(SPEC, results)[0]
+    write_tables({**spec, "coverage": {**spec["coverage"], "splits": []}}, results, results)
+    assert "Judged" not in (results / "table1.md").read_text()
+
+
+def test_table1_coverage_missing_fails_loudly(results):
+    with pytest.raises(FileNotFoundError):
+        build_table1({**SPEC, "coverage": {"splits": ["dev"], "depth": 10, "p": 0.8}}, results)
+
+
+# Per query (30 queries, "a" relevant): RR@10 is 1 where a run ranks "a" first, else 0.5.
+EQ7_FIRST = {0, 3, 6, 9, 12, 15, 18, 21, 24, 27}
+FUSED_FIRST = {  # raw p against eq7: ~2e-8, ~0.012, ~0.043 (< 0.05, but not after Holm), 1
+    "d1+s@rrf": set(range(30)), "d1+s@combsum": EQ7_FIRST | set(range(9)),
+    "d2+s@rrf": EQ7_FIRST | set(range(6)), "d2+s@combsum": EQ7_FIRST}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment, by its definition: the i-th smallest p times (m - i), made monotone."""
+    order = np.argsort(p_values)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for i, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - i) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+@pytest.fixture
+def fused(tmp_path):
+    first = {run: EQ7_FIRST for run in ("d1+s", "d2+s")} | FUSED_FIRST
+    judged_runs(tmp_path, {run: (lambda q, hits=hits: ["a", "b"] if q in hits else ["b", "a"])
+                           for run, hits in first.items()})
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "d1+s.dev.latency.json").write_text(json.dumps({"alpha": 0.12}))
+    (tmp_path / "fusion").mkdir()
+    for pair, k in (("d1+s", 60), ("d2+s", 20)):
+        (tmp_path / "fusion" / f"{pair}.rrf.json").write_text(json.dumps({"method": "rrf", "parameter": "k",
+                                                                          "value": k}))
+    return tmp_path
+
+
+FUSION_SPEC = {"methods": ["eq7", "rrf", "combsum"], "pairs": [{"dense": "d1", "sparse": "s"},
+                                                               {"dense": "d2", "sparse": "s"}]}
+
+
+def test_table5_rows_parameters_and_holm_correction(fused):
+    header, rows = build_table5(FUSION_SPEC, [{"split": "dev", "measure": "RR@10"}], "dev", fused)
+    assert header == ["hybrid", "method", "parameter", "dev/RR@10", "p_holm vs eq7 (dev/RR@10)"]
+    table = {(row[0], row[1]): dict(zip(header, row, strict=True)) for row in rows}
+    assert list(table) == [("d1+s", "eq7"), ("d1+s", "rrf"), ("d1+s", "combsum"),
+                           ("d2+s", "eq7"), ("d2+s", "rrf"), ("d2+s", "combsum")]
+    assert [table[key]["parameter"] for key in table] == ["alpha=0.12", "k=60", "", "", "k=20", ""]
+    assert table["d1+s", "eq7"]["dev/RR@10"] == "0.6667" and table["d1+s", "eq7"]["p_holm vs eq7 (dev/RR@10)"] == ""
+    # One family of the four comparisons, adjusted by hand from the per-query values.
+    eq7 = np.where(np.isin(np.arange(30), list(EQ7_FIRST)), 1.0, 0.5)
+    raw = [1.0 if first == EQ7_FIRST else stats.ttest_rel(np.where(np.isin(np.arange(30), list(first)), 1.0, 0.5),
+                                                          eq7).pvalue for first in FUSED_FIRST.values()]
+    assert 0.025 < raw[2] < 0.05  # significant alone, not among four
+    for run, p in zip(FUSED_FIRST, holm(raw), strict=True):
+        pair, method = run.split("@")
+        row = table[pair, method]
+        assert row["p_holm vs eq7 (dev/RR@10)"] == f"{p:.4f}"
+        assert row["dev/RR@10"].endswith("*") == (p < 0.05)
+    assert [table[key]["dev/RR@10"] for key in table] == ["0.6667", "1.0000*", "0.7667*", "0.6667", "0.7333",
+                                                          "0.6667"]
+
+
+def test_table5_files_and_note(fused):
+    spec = {**SPEC, "rows": [], "columns": [{"split": "dev", "measure": "RR@10"}], "table5": FUSION_SPEC}
+    write_tables(spec, fused, fused)
+    lines = (fused / "table5_fusion.tsv").read_text().splitlines()
+    assert lines[0] == "hybrid\tmethod\tparameter\tdev/RR@10\tp_holm vs eq7 (dev/RR@10)" and len(lines) == 7
+    markdown = (fused / "table5_fusion.md").read_text()
+    assert markdown.startswith("# Table 5 - fusion methods")
+    assert "Holm-Bonferroni" in markdown and "(4 comparisons" in markdown and "combsum: sum of" in markdown
+
+
+def test_table5_eq7_only(fused):
+    spec = {**SPEC, "rows": [], "columns": [{"split": "dev", "measure": "RR@10"}],
+            "table5": {**FUSION_SPEC, "methods": ["eq7"]}}
+    write_tables(spec, fused, fused)
+    lines = (fused / "table5_fusion.tsv").read_text().splitlines()
+    assert lines[1:] == ["d1+s\teq7\talpha=0.12\t0.6667\t", "d2+s\teq7\t\t0.6667\t"]
+    assert "Holm" not in (fused / "table5_fusion.md").read_text()
+
+
+def test_table5_unknown_method(fused):
+    with pytest.raises(ValueError, match="unknown fusion method 'combmax'"):
+        build_table5({**FUSION_SPEC, "methods": ["eq7", "combmax"]}, [{"split": "dev", "measure": "RR@10"}], "dev",
+                     fused)

@@ -136,7 +136,8 @@ def test_small_demo_dag_end_to_end(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (workdir / "results" / "table1.tsv").read_text().splitlines()
     header = lines[0].split("\t")
-    assert header[:6] == ["method", "dev/RR@10", "dev/R@1000", "dl/nDCG@10", "dl/R(rel=2)@1000", "latency_ms"]
+    assert header[:8] == ["method", "dev/RR@10", "dev/R@1000", "dl/nDCG@10", "dl/R(rel=2)@1000", "dl/Judged@10",
+                          "dl/RBP(p=0.8)", "latency_ms"]  # judgement coverage on the TREC-style split
     rows = {cells[0]: dict(zip(header, cells, strict=True)) for cells in (line.split("\t") for line in lines[1:])}
     assert list(rows) == ["BM25", "doc2query-T5", "Bi-encoder (PoolAvg)", "Bi-encoder (TCT-ColBERT)",
                           "ColBERT (end to end)", "PoolAvg + BM25", "TCT-ColBERT + BM25", "PoolAvg + doc2query-T5",
@@ -144,6 +145,18 @@ def test_small_demo_dag_end_to_end(workdir):
     for row in rows.values():
         assert 0.0 <= float(row["dev/RR@10"].rstrip("*")) <= 1.0 and float(row["latency_ms"]) > 0
     assert 0.0 <= float(rows["TCT-ColBERT + BM25"]["alpha"]) <= 1.0
+    for row in rows.values():
+        rbp, residual = map(float, row["dl/RBP(p=0.8)"].split(" + "))
+        assert 0.0 <= float(row["dl/Judged@10"]) <= 1.0 and 0.0 <= rbp <= rbp + residual <= 1.0
+    # Table 5: every hybrid of Table 1 by each fusion method of the demo profile, k and p tuned.
+    table5 = [line.split("\t") for line in (workdir / "results" / "table5_fusion.tsv").read_text().splitlines()]
+    fused = {(row[0], row[1]): row for row in table5[1:]}
+    methods = ["eq7", "rrf", "rbp", "combsum", "combmnz", "borda"]
+    hybrids = ["poolavg+bm25", "tct_inbatch+bm25", "poolavg+d2q", "tct_inbatch+d2q"]
+    assert sorted(fused) == sorted((hybrid, method) for hybrid in hybrids for method in methods)
+    assert fused["tct_inbatch+bm25", "rrf"][2].startswith("k=") and fused["poolavg+d2q", "rbp"][2].startswith("p=")
+    assert fused["tct_inbatch+bm25", "eq7"][3] == rows["TCT-ColBERT + BM25"]["dev/RR@10"].rstrip("*")
+    assert all(0.0 <= float(cell.rstrip("*")) <= 1.0 for row in table5[1:] for cell in row[3:7])
     assert rows["BM25"]["dev/RR@10"] != "0.0000"
     table4 = (workdir / "results" / "table4_distillation.tsv").read_text()
     strategies = [line.split("\t") for line in table4.splitlines()]
@@ -160,7 +173,8 @@ def test_small_demo_dag_end_to_end(workdir):
     assert (workdir / "results" / "synthetic" / "benchmarks" / "bm25_run.bm25.dev.tsv").exists()
     compared = (workdir / "results" / "synthetic" / "indexes" / "tct_inbatch.dev.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in compared[1:]] == ["flat", "hnsw", "ivfpq"]
-    assert "Approximate indexes against flat search" in (workdir / "results" / "report.html").read_text()
+    report = (workdir / "results" / "report.html").read_text()
+    assert "Approximate indexes against flat search" in report and "Table 5" in report
     table2 = (workdir / "results" / "table2_latency.tsv").read_text().splitlines()
     assert len(table2) == 9 and all(float(line.split("\t")[1]) > 0 for line in table2[1:])
     table3 = [line.split("\t") for line in (workdir / "results" / "table3_ablation.tsv").read_text().splitlines()]

@@ -33,7 +33,9 @@ def test_paper_config_resolves_to_the_paper_settings():
     assert config["table2"]["split"] == "dev" and config["table3"]["split"] == "dev"
     assert config["table3"]["measure"] == "RR@10" and config["fusion"]["tune_measure"] == "RR@10"
     assert config["report"] == {"split": "dev", "measure": "RR@10", "scatter": ["bm25", "tct_inbatch"]}
-    assert list(config["table1"]["rows"])[:2] == ["BM25", "doc2query-T5"] and len(config["table1"]["rows"]) == 9
+    assert list(config["table1"]["rows"])[:2] == ["BM25", "doc2query-T5"] and len(config["table1"]["rows"]) == 10
+    assert config["evaluation"]["coverage"]["splits"] == ["dl19"]  # auto: Table 1's TREC DL split
+    assert config["fusion"]["methods"] == ["eq7"]
 
 
 def test_null_removes_inherited_entries_and_tables():
@@ -44,7 +46,7 @@ def test_null_removes_inherited_entries_and_tables():
                         "table2": None, "table4": None, "report": None})
     assert list(config["bm25"]["runs"]) == ["bm25"]
     assert list(config["student"]["variants"]) == ["poolavg", "tct_triplet", "tct_inbatch"]
-    assert "doc2query-T5" not in config["table1"]["rows"] and len(config["table1"]["rows"]) == 6
+    assert "doc2query-T5" not in config["table1"]["rows"] and len(config["table1"]["rows"]) == 7
     assert config["table2"] is None and config["table4"] is None and config["report"] is None
     assert config["table3"]["split"] == "dev"  # not removed, still resolved
 
@@ -98,6 +100,23 @@ def test_explicit_settings_win_over_the_dataset_defaults():
                         "report": {"scatter": ["bm25", "poolavg"]}})
     assert config["table3"]["split"] == "dl19" and config["table3"]["measure"] == "nDCG@10"
     assert config["fusion"]["tune_measure"] == "nDCG@10" and config["report"]["scatter"] == ["bm25", "poolavg"]
+
+
+def test_coverage_splits_and_fusion_method_runs():
+    config, _ = merged(OWN_SPLITS)
+    assert config["evaluation"]["coverage"]["splits"] == []  # no dl* split: no coverage columns unless asked
+    config, _ = merged(OWN_SPLITS, {"evaluation": {"coverage": {"splits": ["test"]}},
+                                    "fusion": {"methods": ["eq7", "rrf"]},
+                                    "report": {"scatter": ["tct_inbatch+bm25", "tct_inbatch+bm25@rrf"]}})
+    assert config["evaluation"]["coverage"]["splits"] == ["test"]
+    with pytest.raises(ConfigReferenceError, match="names run 'tct_inbatch\\+bm25@rbp', which no rule produces"):
+        merged({"report": {"scatter": ["bm25", "tct_inbatch+bm25@rbp"]}})  # rbp is not in fusion.methods
+    with pytest.raises(ConfigReferenceError, match=r"evaluation\.coverage\.splits is 'dl20', not one of"):
+        merged({"evaluation": {"coverage": {"splits": ["dl20"]}}})
+    paper = copy.deepcopy(PAPER)
+    paper["fusion"]["methods"] = ["rrf"]  # Eq. 7 is every hybrid's own run: it cannot be left out
+    with pytest.raises(Exception, match="does not contain"):
+        validate(paper, str(ROOT / "schemas" / "config.schema.yaml"))
 
 
 def test_report_scatter_follows_table1_without_table2():

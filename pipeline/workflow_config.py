@@ -12,6 +12,7 @@ not take away. `resolve_config` runs once, after schema validation, and gives an
   (`evaluation.coverage.splits: auto`) is shown for Table 1's splits named dl* (TREC DL's pooled judgements);
 - `doc2query.source: none` leaves out everything built on the expansion: the sparse runs indexing it,
   the students trained on generated queries, and the table rows, strategies and conditions using them;
+- a hard-negative round's depth, per_positive and seed left out are those of `negatives`;
 - on a dataset other than msmarco-passage, the candidate lists naming MS MARCO's official files go, with
   the rows re-ranking them; Table 3 then re-ranks the first sparse run;
 - every split and run a table names must exist, or the error says which key to change; a run re-ranking
@@ -26,7 +27,8 @@ from pipeline.config_check import ConfigError
 from pipeline.data.candidates import OFFICIAL
 
 REMOVABLE_ENTRIES = (("bm25", "runs"), ("student", "variants"), ("dense", "published"), ("rerank", "candidates"),
-                     ("table1", "rows"))
+                     ("negatives", "rounds"), ("table1", "rows"))
+ROUND_DEFAULTS = ("depth", "per_positive", "seed")  # a round's settings left out are negatives.<setting>
 
 
 class ConfigReferenceError(ConfigError):
@@ -65,6 +67,10 @@ def _follow_dataset(config: dict) -> None:
         config["report"]["scatter"] = _default_scatter(config)
     paper_dataset = config["dataset"]["source"] == "msmarco-passage"
     config["fusion"]["tune_measure"] = config["fusion"]["tune_measure"] or ("RR@10" if paper_dataset else measure)
+    negatives = config["negatives"]
+    for settings in negatives["rounds"].values():
+        settings.update({key: settings.get(key, negatives[key]) for key in ROUND_DEFAULTS})
+        settings.setdefault("teacher", "keep")
     coverage = config["evaluation"]["coverage"]
     if coverage["splits"] == "auto":
         coverage["splits"] = [split for split in table1_splits(config) if split.startswith("dl")]
@@ -177,6 +183,31 @@ def check_references(config: dict) -> None:
         if run not in known:
             raise ConfigReferenceError(f"{key} names run {run!r}, which {_why_unknown(config, run)}: {fix}")
     _check_candidate_splits(config)
+    _check_rounds(config)
+
+
+def _check_rounds(config: dict) -> None:
+    """Each round mines with a dense model on the train split; each student naming a round names one, and not the
+    round its own run mines (a cycle)."""
+    rounds, variants = config["negatives"]["rounds"], config["student"]["variants"]
+    dense = set(variants) | set(config["dense"]["published"])
+    for name, settings in rounds.items():
+        if settings["model"] not in dense:
+            raise ConfigReferenceError(
+                f"negatives.rounds.{name}.model is {settings['model']!r}, not a model of student.variants or "
+                f"dense.published: change it, or remove the round with `{name}: null`")
+    used = {variant: settings["negatives"] for variant, settings in variants.items() if "negatives" in settings}
+    for variant, round_name in used.items():
+        if round_name not in rounds:
+            raise ConfigReferenceError(
+                f"student.variants.{variant}.negatives is {round_name!r}, not a round of negatives.rounds "
+                f"{sorted(rounds)}: add the round, or remove the variant with `{variant}: null`")
+        if rounds[round_name]["model"] == variant:
+            raise ConfigReferenceError(f"student.variants.{variant} trains on round {round_name!r}, which mines "
+                                       f"with {variant} itself: name an earlier model in negatives.rounds.{round_name}")
+    if used and "train" not in config["dataset"]["splits"]:
+        raise ConfigReferenceError(f"hard-negative rounds mine the train split, which dataset.splits lacks: remove "
+                                   f"the students naming a round ({', '.join(sorted(used))})")
 
 
 def _check_candidate_splits(config: dict) -> None:

@@ -36,6 +36,7 @@ DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
 FUSIONS = [method for method in config["fusion"]["methods"] if method != "eq7"]  # Table 5's, by trectools
 TUNED_FUSIONS = [method for method in FUSIONS if TRECTOOLS_FUSIONS[method].parameter]
 COVERAGE = config["evaluation"]["coverage"]
+ROUNDS = config["negatives"]["rounds"]  # hard-negative rounds, in order
 if "tune" in DATASET["splits"]:
     raise ValueError("'tune' is the alpha-tuning sample drawn from train; choose another split name")
 _clashes = ((set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & (set(SPARSE_RUNS) | set(CANDIDATES)))
@@ -62,6 +63,8 @@ wildcard_constraints:
     variant=one_of(VARIANTS),
     model=one_of(DENSE_MODELS),
     method=one_of(FUSIONS),
+    round=one_of(ROUNDS),
+    retrained=one_of(name for name, settings in ROUNDS.items() if settings["teacher"] == "retrain"),
 
 
 def rule_resource(rule_name, key, default):
@@ -254,14 +257,53 @@ def teacher_options():
     return ["--dim", str(teacher["dim"])] + [flag for flag, on in flags if on]
 
 
-def student_inputs(wildcards):
-    """Training data, plus the teacher when the variant distils it or starts from its weights."""
-    inputs = {"triples": f"{RES}/triples.train.tsv", "queries": f"{RES}/queries.train.tsv",
-              "collection": f"{RES}/collection.tsv"}
+def round_teacher(round_name):
+    """The teacher of a hard-negative round: re-trained on its triples (HN+), else the one before it (HN)."""
+    previous = "teacher"
+    for name, settings in ROUNDS.items():
+        if settings["teacher"] == "retrain":
+            previous = f"teacher-{name}"
+        if name == round_name:
+            return f"{RES}/models/{previous}"
+    raise ValueError(f"no hard-negative round {round_name!r}")
+
+
+def previous_teacher(wildcards):
+    """Input function: the teacher a re-trained round starts from, the latest one before the round."""
+    names = list(ROUNDS)
+    before = names[:names.index(wildcards.retrained)]
+    return round_teacher(before[-1]) if before else f"{RES}/models/teacher"
+
+
+def round_run(wildcards):
+    """Input function: the train-split run of the model a round mines with."""
+    return f"{OUT}/runs/{ROUNDS[wildcards.round]['model']}.train.trec"
+
+
+def dense_hits(wildcards):
+    """Params function: dense.hits, or on the train split (searched only to mine rounds) the deepest round's depth
+    of that model: at paper scale 0.5M queries x 1000 hits would be 500M lines for 200 used."""
+    if wildcards.split != "train":
+        return config["dense"]["hits"]
+    depths = [settings["depth"] for settings in ROUNDS.values() if settings["model"] == wildcards.model]
+    return max(depths, default=config["dense"]["hits"])
+
+
+def student_teacher(wildcards):
+    """The teacher a variant distils (its round's, when it names one)."""
     variant = VARIANTS[wildcards.variant]
+    return round_teacher(variant["negatives"]) if "negatives" in variant else f"{RES}/models/teacher"
+
+
+def student_inputs(wildcards):
+    """Training data (its round's triples when the variant names one), plus the teacher when the variant distils
+    it or starts from its weights."""
+    variant = VARIANTS[wildcards.variant]
+    triples = f"{RES}/triples.{variant['negatives']}.tsv" if "negatives" in variant else f"{RES}/triples.train.tsv"
+    inputs = {"triples": triples, "queries": f"{RES}/queries.train.tsv", "collection": f"{RES}/collection.tsv"}
     online = variant["condition"] != "none" and "teacher_scores" not in variant
     if online or variant.get("embed_weight", 0) > 0 or config["student"]["init"] == "teacher":
-        inputs["teacher"] = f"{RES}/models/teacher"
+        inputs["teacher"] = student_teacher(wildcards)
     if "teacher_scores" in variant:
         inputs["teacher_scores"] = variant["teacher_scores"]
     if variant.get("generated_ratio", 0) > 0:
@@ -276,7 +318,7 @@ def student_options(wildcards):
             "--teacher-tau", student["teacher_tau"], "--student-tau", student["student_tau"],
             "--init", student["init"]]
     if "teacher" in student_inputs(wildcards):
-        args += ["--teacher", f"{RES}/models/teacher"]
+        args += ["--teacher", student_teacher(wildcards)]
     if student["init"] == "backbone":
         args += ["--backbone", config["model"]["backbone"]]
     args.append("--gather" if student["gather"] else "--no-gather")  # across GPUs: one softmax over the batch
@@ -425,6 +467,9 @@ def training_curves():
     if "train" not in DATASET["splits"]:
         return []
     extra = ["doc2query"] if D2Q["source"] == "train" else []
+    used = {variant["negatives"] for variant in VARIANTS.values() if "negatives" in variant}
+    extra += [f"teacher-{name}" for name, settings in ROUNDS.items()
+              if settings["teacher"] == "retrain" and name in used]
     return [f"{OUT}/training/{name}.losses.csv" for name in [*teacher_if_used(), *VARIANTS, *extra]]
 
 

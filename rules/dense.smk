@@ -121,7 +121,7 @@ rule dense_run:
     benchmark:
         f"{BENCH}/dense_run.{{model}}.{{split}}.tsv"
     params:
-        hits=config["dense"]["hits"],
+        hits=dense_hits,
         latency_queries=config["dense"]["latency_queries"],
         device=search_options(),
     threads: config["dense"]["threads"]

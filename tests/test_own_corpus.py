@@ -96,7 +96,8 @@ def test_own_corpus_train_test_splits_end_to_end(workdir):
     assert header[:5] == ["method", "test/nDCG@10", "test/RR@10", "test/R@100", "latency_ms"]
     rows = {cells[0]: dict(zip(header, cells, strict=True)) for cells in (line.split("\t") for line in lines[1:])}
     assert list(rows) == ["BM25", "Bi-encoder (PoolAvg)", "Bi-encoder (TCT-ColBERT)", "ColBERT (end to end)",
-                          "PoolAvg + BM25", "TCT-ColBERT + BM25", "ColBERT (re-rank BM25 top-100)"]
+                          "PoolAvg + BM25", "TCT-ColBERT + BM25", "TCT-ColBERT HN", "TCT-ColBERT HN+",
+                          "TCT-ColBERT HN+ + BM25", "ColBERT (re-rank BM25 top-100)"]
     assert float(rows["BM25"]["test/nDCG@10"]) > 0.1
     assert not (workdir / "results" / "table4_distillation.tsv").exists()
     table2 = (workdir / "results" / "table2_latency.tsv").read_text()

@@ -141,7 +141,8 @@ def test_small_demo_dag_end_to_end(workdir):
     rows = {cells[0]: dict(zip(header, cells, strict=True)) for cells in (line.split("\t") for line in lines[1:])}
     assert list(rows) == ["BM25", "doc2query-T5", "Bi-encoder (PoolAvg)", "Bi-encoder (TCT-ColBERT)",
                           "ColBERT (end to end)", "PoolAvg + BM25", "TCT-ColBERT + BM25", "PoolAvg + doc2query-T5",
-                          "TCT-ColBERT + doc2query-T5", "ColBERT (re-rank BM25 top-100)"]
+                          "TCT-ColBERT + doc2query-T5", "TCT-ColBERT HN", "TCT-ColBERT HN+", "TCT-ColBERT HN+ + BM25",
+                          "TCT-ColBERT HN+ + doc2query-T5", "ColBERT (re-rank BM25 top-100)"]
     for row in rows.values():
         assert 0.0 <= float(row["dev/RR@10"].rstrip("*")) <= 1.0 and float(row["latency_ms"]) > 0
     assert 0.0 <= float(rows["TCT-ColBERT + BM25"]["alpha"]) <= 1.0
@@ -152,7 +153,7 @@ def test_small_demo_dag_end_to_end(workdir):
     table5 = [line.split("\t") for line in (workdir / "results" / "table5_fusion.tsv").read_text().splitlines()]
     fused = {(row[0], row[1]): row for row in table5[1:]}
     methods = ["eq7", "rrf", "rbp", "combsum", "combmnz", "borda"]
-    hybrids = ["poolavg+bm25", "tct_inbatch+bm25", "poolavg+d2q", "tct_inbatch+d2q"]
+    hybrids = ["poolavg+bm25", "tct_inbatch+bm25", "poolavg+d2q", "tct_inbatch+d2q", "tct_hnp+bm25", "tct_hnp+d2q"]
     assert sorted(fused) == sorted((hybrid, method) for hybrid in hybrids for method in methods)
     assert fused["tct_inbatch+bm25", "rrf"][2].startswith("k=") and fused["poolavg+d2q", "rbp"][2].startswith("p=")
     assert fused["tct_inbatch+bm25", "eq7"][3] == rows["TCT-ColBERT + BM25"]["dev/RR@10"].rstrip("*")
@@ -167,6 +168,7 @@ def test_small_demo_dag_end_to_end(workdir):
     triples = read_triples(workdir / "resources" / "synthetic" / "triples.train.tsv")
     per_query = Counter(qid for qid, _, _ in triples)  # mined: up to 4 BM25 negatives per positive
     assert len(per_query) >= 0.9 * 60 and max(per_query.values()) <= 4
+    assert_hard_negative_rounds(workdir / "resources" / "synthetic", workdir / "results" / "synthetic")
     for rule_log in ("prepare_data.log", "bm25_index.collection.log", "train_teacher.log", "tables.log", "report.log"):
         assert (workdir / "logs" / "synthetic" / rule_log).exists()
     assert (workdir / "results" / "synthetic" / "training" / "tct_inbatch.losses.csv").exists()
@@ -186,3 +188,31 @@ def test_small_demo_dag_end_to_end(workdir):
     again = snakemake(workdir, "--profile", "profiles/demo", "--configfile", "config.yaml",
                       "profiles/demo/workflow.yaml", small, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def assert_hard_negative_rounds(resources, results):
+    """The demo's HN and HN+ rounds: negatives mined from tct_inbatch's own train run, top 200, never a judged
+    positive; the HN+ teacher trained from the first teacher's weights, and the HN+ student distilling it."""
+    import torch
+
+    from pipeline.io import read_qrels, read_run
+    from pipeline.train.loop import source_digest
+
+    qrels, run = read_qrels(resources / "qrels.train.txt"), read_run(results / "runs" / "tct_inbatch.train.trec")
+    top = {qid: set(sorted(hits, key=lambda pid: (-hits[pid], pid))[:200]) for qid, hits in run.items()}
+    for round_name in ("hn", "hnp"):
+        manifest = json.loads((resources / f"triples.{round_name}.manifest.json").read_text())
+        assert manifest["source"] == "tct_inbatch" and manifest["depth"] == 200
+        assert Path(manifest["run"]).name == "tct_inbatch.train.trec"
+        triples = read_triples(resources / f"triples.{round_name}.tsv")
+        assert len(triples) == manifest["counts"]["triples"] > 0
+        for qid, positive, negative in triples:
+            assert qrels[qid][positive] > 0 and qrels[qid].get(negative, 0) <= 0 and negative in top[qid]
+    checkpoints = sorted((resources / "checkpoints" / "teacher-hnp").glob("step-*.pt"))
+    made_from = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["made_from"]["inputs"]
+    assert Path(made_from["init_from"]["path"]) == Path("resources/synthetic/models/teacher")
+    assert made_from["init_from"]["digest"] == source_digest(resources / "models" / "teacher")
+    assert made_from["triples"]["digest"] == source_digest(resources / "triples.hnp.tsv")
+    student = sorted((resources / "checkpoints" / "tct_hnp").glob("step-*.pt"))
+    teacher = torch.load(student[-1], map_location="cpu", weights_only=False)["made_from"]["inputs"]["teacher"]
+    assert teacher["digest"] == source_digest(resources / "models" / "teacher-hnp")

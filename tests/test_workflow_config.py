@@ -33,7 +33,7 @@ def test_paper_config_resolves_to_the_paper_settings():
     assert config["table2"]["split"] == "dev" and config["table3"]["split"] == "dev"
     assert config["table3"]["measure"] == "RR@10" and config["fusion"]["tune_measure"] == "RR@10"
     assert config["report"] == {"split": "dev", "measure": "RR@10", "scatter": ["bm25", "tct_inbatch"]}
-    assert list(config["table1"]["rows"])[:2] == ["BM25", "doc2query-T5"] and len(config["table1"]["rows"]) == 10
+    assert list(config["table1"]["rows"])[:2] == ["BM25", "doc2query-T5"] and len(config["table1"]["rows"]) == 14
     assert config["evaluation"]["coverage"]["splits"] == ["dl19"]  # auto: Table 1's TREC DL split
     assert config["fusion"]["methods"] == ["eq7"]
 
@@ -42,11 +42,12 @@ def test_null_removes_inherited_entries_and_tables():
     config, _ = merged({"bm25": {"runs": {"d2q": None}}, "doc2query": {"source": "download"},
                         "student": {"variants": {"tct_margin": None, "tct_embed": None, "tct_generated": None}},
                         "table1": {"rows": {"doc2query-T5": None, "PoolAvg + doc2query-T5": None,
-                                            "TCT-ColBERT + doc2query-T5": None}},
+                                            "TCT-ColBERT + doc2query-T5": None,
+                                            "TCT-ColBERT HN+ + doc2query-T5": None}},
                         "table2": None, "table4": None, "report": None})
     assert list(config["bm25"]["runs"]) == ["bm25"]
-    assert list(config["student"]["variants"]) == ["poolavg", "tct_triplet", "tct_inbatch"]
-    assert "doc2query-T5" not in config["table1"]["rows"] and len(config["table1"]["rows"]) == 7
+    assert list(config["student"]["variants"]) == ["poolavg", "tct_triplet", "tct_inbatch", "tct_hn", "tct_hnp"]
+    assert "doc2query-T5" not in config["table1"]["rows"] and len(config["table1"]["rows"]) == 10
     assert config["table2"] is None and config["table4"] is None and config["report"] is None
     assert config["table3"]["split"] == "dev"  # not removed, still resolved
 
@@ -78,7 +79,8 @@ def test_doc2query_none_takes_its_dependants_with_it():
     assert notes == ["doc2query.source is none: " + note for note in (
         "bm25.runs.d2q (indexes collection.d2q)", "student.variants.tct_generated (trains on generated queries)",
         "table1.rows.'doc2query-T5'", "table1.rows.'PoolAvg + doc2query-T5'",
-        "table1.rows.'TCT-ColBERT + doc2query-T5'", "table4.strategies.'Eq. 6 + generated queries'")]
+        "table1.rows.'TCT-ColBERT + doc2query-T5'", "table1.rows.'TCT-ColBERT HN+ + doc2query-T5'",
+        "table4.strategies.'Eq. 6 + generated queries'")]
 
 
 def test_candidate_lists_are_first_stage_runs_and_need_every_evaluated_split():
@@ -117,6 +119,21 @@ def test_coverage_splits_and_fusion_method_runs():
     paper["fusion"]["methods"] = ["rrf"]  # Eq. 7 is every hybrid's own run: it cannot be left out
     with pytest.raises(Exception, match="does not contain"):
         validate(paper, str(ROOT / "schemas" / "config.schema.yaml"))
+
+
+def test_hard_negative_rounds_resolve_and_name_the_key():
+    config, _ = merged({"negatives": {"rounds": {"hn2": {"model": "tct_hn", "teacher": "retrain"}}}})
+    assert config["negatives"]["rounds"]["hn2"] == {"model": "tct_hn", "depth": 200, "per_positive": 4, "seed": 13,
+                                                   "teacher": "retrain"}  # negatives' settings, teacher kept
+    assert list(config["negatives"]["rounds"]) == ["hn", "hnp", "hn2"]  # in order: later rounds chain
+    with pytest.raises(ConfigReferenceError, match=r"negatives\.rounds\.hn\.model is 'nothing', not a model"):
+        merged({"negatives": {"rounds": {"hn": {"model": "nothing"}}}})
+    with pytest.raises(ConfigReferenceError, match=r"student\.variants\.tct_hn\.negatives is 'hn', not a round"):
+        merged({"negatives": {"rounds": {"hn": None}}})
+    with pytest.raises(ConfigReferenceError, match=r"which mines with tct_hn itself"):
+        merged({"negatives": {"rounds": {"hn": {"model": "tct_hn"}}}})
+    with pytest.raises(ConfigReferenceError, match=r"hard-negative rounds mine the train split"):
+        merged(OWN_SPLITS, {"dataset": {"splits": ["test"]}, "doc2query": {"source": "none"}})
 
 
 def test_report_scatter_follows_table1_without_table2():

@@ -9,6 +9,14 @@ the vendors' datasheets (A100 312, H100 SXM 989 dense bf16 TFLOP/s) and the util
 each kind of work. BM25 (CPU) is projected from this machine's scale run (benchmarks/scale.json) in
 proportion to the bytes of real MS MARCO text. Prints the Markdown table the README's resource plan shows.
 
+Its last rows are one hard-negative round of TCT-ColBERT v2 (HN; HN+ adds the teacher): the corpus
+encoded with the round's model, MS MARCO's 502,939 judged train queries encoded and searched (flat,
+fp16 on GPU with faiss-gpu, top 200), negatives mined from that run (measured here: pipeline.data.negatives
+on a synthetic run of MS MARCO-like ids, scaled by lines), for HN+ the teacher re-trained from the first
+(160k x 96, config.yaml), and the round's student. Mining's memory is stated from one measurement on this
+machine: 0.54 GB at 40k queries x 200, nearly all pids new; at 0.5M queries the ~100M hits kept are lists of
+interned pids, of which MS MARCO has 8.8M: about 2 GB.
+
     python benchmarks/resource_plan.py [--gpus 8] [--train-utilisation 0.4] [--infer-utilisation 0.4]
 """
 
@@ -16,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +39,7 @@ from pipeline.models.backbone import PACKAGED_MINILM, resolve_backbone
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PASSAGES, DEV_QUERIES = 8_841_823, 6_980
+TRAIN_QUERIES, HN_DEPTH = 502_939, 200  # MS MARCO's judged train queries; TCT-ColBERT v2 mines their top 200
 GPUS = {"A100": 312e12, "H100": 989e12}  # dense bf16 FLOP/s
 CPU_PRECISION = precision.resolve("auto", torch.device("cpu"))
 PREFIX = 4  # '[CLS] [D] ' / '[CLS] [Q] ' of the TCT conventions
@@ -106,6 +117,26 @@ def gemm_rate() -> float:
     return 2 * 1024 * 768 * 16384 * 3 / (time.perf_counter() - started)
 
 
+def mining_rate(queries: int = 2_000) -> tuple[float, float]:
+    """(run lines per second mine_negatives reads on one core, bytes per run line), on a synthetic run of
+    `queries` x HN_DEPTH hits with MS MARCO-sized ids, one positive per query."""
+    from pipeline.data.negatives import mine_negatives
+
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        run, qrels = Path(tmp) / "run.trec", Path(tmp) / "qrels.txt"
+        with open(run, "w") as out, open(qrels, "w") as judged:
+            for i in range(queries):
+                pids = rng.sample(range(PASSAGES), HN_DEPTH)
+                out.writelines(f"{1_000_000 + 3 * i} Q0 {pid} {rank} {90 - rank / 20:.6f} tct_inbatch\n"
+                               for rank, pid in enumerate(pids, start=1))
+                judged.write(f"{1_000_000 + 3 * i} 0 {pids[rng.randrange(50)]} 1\n")
+        started = time.perf_counter()
+        mine_negatives(run, qrels, Path(tmp) / "triples.tsv", depth=HN_DEPTH)
+        lines = queries * HN_DEPTH
+        return lines / (time.perf_counter() - started), run.stat().st_size / lines
+
+
 def non_embedding_parameters(model: BertModel) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embeddings"))
 
@@ -131,9 +162,10 @@ def main() -> None:
     rate, dense = cpu_flop_rate(int(passage))
     forward = 2 * dense  # FLOP per token, forward
     student_step = 96 * (query + 2 * passage) * (3 * forward + forward)  # student fwd+bwd, teacher fwd
-    teacher_step = 32 * (query + 2 * passage) * 3 * forward
+    teacher_step = 96 * (query + 2 * passage) * 3 * forward  # the paper's batch for both steps (Section 4)
     stages = [  # name, FLOP, kind (train / infer / search / cpu), disk bytes, memory note
-        ("train_teacher (ColBERT, 200k x 32)", 200_000 * teacher_step, "train", 0.44e9, "1 GPU, ~10 GB"),
+        ("train_teacher (ColBERT, 160k x 96)", 160_000 * teacher_step, "train", 0.44e9,
+         "1 GPU, ~30 GB at batch 96 (bf16)"),
         ("train_student, each of 3 (160k x 96, teacher in the step)", 160_000 * student_step, "train", 0.44e9,
          "1 GPU, ~30 GB at batch 96 (bf16)"),
         ("encode_corpus (8.8M passages)", PASSAGES * passage * forward, "infer", PASSAGES * 768 * 2,
@@ -159,7 +191,9 @@ def main() -> None:
               *(f"{args.gpus}x {g} wall (h)" for g in GPUS), "disk", "memory"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for name, flops, kind, disk, memory in stages:
+
+    def row(name: str, flops: float, kind: str, disk: float, memory: str) -> list[float]:
+        """Print one stage; returns its hours: 1x, then wall on args.gpus, of each GPU (for the round's total)."""
         share = args.train_utilisation if kind == "train" else args.infer_utilisation
         one = [flops / (peak * share) / 3600 for peak in GPUS.values()]
         speedup = args.gpus * args.scaling if kind == "train" else args.gpus
@@ -168,9 +202,44 @@ def main() -> None:
                  *(hours(h) if flops else "-" for h in one), *(hours(h / speedup) if flops else "-" for h in one),
                  f"{disk / 1e9:.1f} GB" if disk else "-", memory]
         print("| " + " | ".join(cells) + " |")
+        return [*one, *(h / speedup for h in one)]
+
+    for stage in stages:
+        row(*stage)
     for name, core_hours, how in measured_bm25(passage_bytes()):
         cells = [name, "-", f"{hours(core_hours)} (core)", *("-" for _ in GPUS), *("-" for _ in GPUS), "-", how]
         print("| " + " | ".join(cells) + " |")
+
+    # One hard-negative round (TCT-ColBERT v2's HN; HN+ adds the teacher re-trained on the mined negatives).
+    lines_per_second, line_bytes = mining_rate()
+    hits = TRAIN_QUERIES * HN_DEPTH
+    round_stages = [
+        ("HN round: encode_corpus again (8.8M passages, the round's model)", PASSAGES * passage * forward, "infer",
+         PASSAGES * 768 * 2, "per shard job: its vectors + one batch; the mining model's, unless already encoded, "
+         "and the round's student's for evaluation"),
+        (f"HN round: encode_queries, train ({TRAIN_QUERIES:,} queries)", TRAIN_QUERIES * query * forward, "infer",
+         TRAIN_QUERIES * 768 * 4, "one batch"),
+        (f"HN round: dense_run, train ({TRAIN_QUERIES:,} queries, flat, faiss-gpu, top {HN_DEPTH})",
+         TRAIN_QUERIES * PASSAGES * 768 * 2, "search", hits * line_bytes,
+         f"{PASSAGES * 768 * 2 / 1e9:.1f} GB index on each GPU (fp16), queries in batches; FLOPs only: the top-"
+         f"{HN_DEPTH} selection over {TRAIN_QUERIES * PASSAGES / 1e12:.1f}e12 scores is memory-bound and may add "
+         "as much again; disk: the run"),
+    ]
+    totals = [row(*stage) for stage in round_stages]
+    cells = [f"HN round: mine_negatives (top {HN_DEPTH} of {hits / 1e6:.0f}M run lines)", "-",
+             f"{hours(hits / lines_per_second / 3600)} (core)", *("-" for _ in GPUS), *("-" for _ in GPUS),
+             f"{TRAIN_QUERIES * 1.06 * 4 * 24 / 1e9:.2f} GB",
+             f"~2 GB RAM; measured {lines_per_second / 1e3:.0f}k lines/s on one core here; "
+             "~2.1M triples at 4 per positive"]
+    print("| " + " | ".join(cells) + " |")
+    hn_plus = row("HN+ only: train_teacher again, from the first teacher (160k x 96)", 160_000 * teacher_step,
+                  "train", 0.44e9, "1 GPU, ~30 GB at batch 96 (bf16)")
+    totals.append(row("HN round: train_student on the mined triples (160k x 96, teacher in the step)",
+                      160_000 * student_step, "train", 0.44e9, "1 GPU, ~30 GB at batch 96 (bf16)"))
+    for name, parts in (("HN round, total (GPU stages; mining on CPU)", totals),
+                        ("HN+ round, total (GPU stages; mining on CPU)", [*totals, hn_plus])):
+        summed = [sum(column) for column in zip(*parts, strict=True)]
+        print("| " + " | ".join([name, "-", "-", *(hours(h) for h in summed), "-", "-"]) + " |")
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def test_small_demo_dag_end_to_end(workdir):
     report = (workdir / "results" / "report.html").read_text()
     assert "Approximate indexes against flat search" in report and "Table 5" in report
     table2 = (workdir / "results" / "table2_latency.tsv").read_text().splitlines()
-    assert len(table2) == 9 and all(float(line.split("\t")[1]) > 0 for line in table2[1:])
+    assert len(table2) == 11 and all(float(line.split("\t")[1]) > 0 for line in table2[1:])
     table3 = [line.split("\t") for line in (workdir / "results" / "table3_ablation.tsv").read_text().splitlines()]
     assert [row[0] for row in table3[1:]] == ["none", "triplet", "inbatch"]
     assert all(0.0 <= float(cell) <= 1.0 for row in table3[1:] for cell in row[2:])

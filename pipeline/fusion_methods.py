@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from trectools import TrecRun
 
 log = logging.getLogger(__name__)
-BLOCK = 64  # queries per trectools call: ~7 ms/query for rrf (17 ms at 16 or 256 queries; benchmarks/README.md)
+BLOCK = 64  # queries per trectools call; 16 to 256 differ little (10-18 ms/query for rrf, benchmarks/README.md)
 TREC_RUN_COLUMNS = ["query", "q0", "docid", "rank", "score", "system"]  # what TrecRun.load_run_from_dataframe requires
 
 

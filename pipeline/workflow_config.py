@@ -187,12 +187,14 @@ def check_references(config: dict) -> None:
 
 
 def _check_rounds(config: dict) -> None:
-    """Each round mines with a dense model on the train split; each student naming a round names one, and not the
-    round its own run mines (a cycle)."""
+    """Each student naming a round names one, which mines with a dense model on the train split, and not with the
+    student itself (a cycle). A round no student names is never built and not checked: a config of published
+    checkpoints alone keeps config.yaml's rounds."""
     rounds, variants = config["negatives"]["rounds"], config["student"]["variants"]
     dense = set(variants) | set(config["dense"]["published"])
+    named = {settings["negatives"] for settings in variants.values() if "negatives" in settings}
     for name, settings in rounds.items():
-        if settings["model"] not in dense:
+        if name in named and settings["model"] not in dense:
             raise ConfigReferenceError(
                 f"negatives.rounds.{name}.model is {settings['model']!r}, not a model of student.variants or "
                 f"dense.published: change it, or remove the round with `{name}: null`")

@@ -1,3 +1,4 @@
+import contextlib
 import csv
 import math
 import os
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import torch.nn.functional as F
@@ -196,8 +198,15 @@ def test_killed_two_process_run_resumes_every_rank_where_it_stopped(setup, tmp_p
     deadline = time.time() + 300
     while not list((tmp_path / "ck_killed").glob("step-*.pt")) and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(victim.pid, signal.SIGKILL)  # torchrun and both ranks
+    # As a crash would: torchrun and both ranks. torchrun starts each rank in a session of its own, so killing
+    # its process group alone would leave the ranks training on, writing beside the resumed run.
+    ranks = psutil.Process(victim.pid).children(recursive=True)
+    os.killpg(victim.pid, signal.SIGKILL)
+    for rank in ranks:
+        with contextlib.suppress(psutil.NoSuchProcess):  # already gone with the group
+            rank.kill()
     victim.wait()
+    psutil.wait_procs(ranks, timeout=hang_guard(10))
     assert not (tmp_path / "killed").exists(), "the run finished before it could be killed"
     subprocess.run(command, check=True, env=env, capture_output=True, timeout=hang_guard(600), cwd=root)
     whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "killed")

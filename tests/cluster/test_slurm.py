@@ -195,7 +195,8 @@ def test_small_demo_dag_on_slurm_matches_the_local_run(slurm, tmp_path):
     assert [job["JobId"] for job in jobs.values() if job["JobState"] != "COMPLETED"] == []
     for job in jobs.values():
         rule = rule_of(job)
-        gpus = TORCHRUN_PROCESSES if rule == "train_teacher" else 1 if rule in GPU_RULES else 0
+        teachers = ("train_teacher", "train_round_teacher")  # both take teacher.gpus: torchrun
+        gpus = TORCHRUN_PROCESSES if rule in teachers else 1 if rule in GPU_RULES else 0
         assert job.get("TresPerJob", "") == (f"gres:gpu:{gpus}" if gpus else ""), (rule, job.get("TresPerJob"))
         assert job["Partition"] == PARTITION
     assert "--gpus=1" in log and "--cpus-per-gpu=" in log  # the sbatch calls (--verbose) of the GPU rules

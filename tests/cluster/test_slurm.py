@@ -31,6 +31,7 @@ LOCAL_RULES = {"all", "prepare_data", "tables", "report"}
 GPU_RULES = {"train_teacher", "train_student", "encode_corpus", "encode_queries", "encode_tokens", "colbert_rerank",
              "colbert_index", "colbert_retrieve", "train_doc2query", "generate_doc2query"}
 TORCHRUN_PROCESSES = 2               # train_teacher's processes (teacher.gpus) in the demo DAG test
+TEACHER_RULES = {"train_teacher", "train_round_teacher"}  # both take teacher.gpus (torchrun)
 # The first status query waits seconds-between-status-checks, the later ones the plugin's own interval:
 # shortened from the profile's 30 / 40 s so that a DAG of ~15 dependent steps does not wait ~10 min.
 FAST_STATUS = ["--seconds-between-status-checks", "5", "--slurm-init-seconds-before-status-checks", "5"]
@@ -149,7 +150,7 @@ def profile_for_this_cluster(workdir: Path, rules: list[str]) -> Path:
         if "slurm_partition" in entry:
             entry["slurm_partition"] = PARTITION
         if "cpus_per_gpu" in entry:
-            gpus = TORCHRUN_PROCESSES if rule == "train_teacher" else 1
+            gpus = TORCHRUN_PROCESSES if rule in TEACHER_RULES else 1
             entry["cpus_per_gpu"] = max(1, min(entry["cpus_per_gpu"], cpus // gpus))
     profile["max-threads"] = cpus
     directory = workdir / "profiles" / "slurm-test"
@@ -195,8 +196,7 @@ def test_small_demo_dag_on_slurm_matches_the_local_run(slurm, tmp_path):
     assert [job["JobId"] for job in jobs.values() if job["JobState"] != "COMPLETED"] == []
     for job in jobs.values():
         rule = rule_of(job)
-        teachers = ("train_teacher", "train_round_teacher")  # both take teacher.gpus: torchrun
-        gpus = TORCHRUN_PROCESSES if rule in teachers else 1 if rule in GPU_RULES else 0
+        gpus = TORCHRUN_PROCESSES if rule in TEACHER_RULES else 1 if rule in GPU_RULES else 0
         assert job.get("TresPerJob", "") == (f"gres:gpu:{gpus}" if gpus else ""), (rule, job.get("TresPerJob"))
         assert job["Partition"] == PARTITION
     assert "--gpus=1" in log and "--cpus-per-gpu=" in log  # the sbatch calls (--verbose) of the GPU rules

@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/snakemake --profile profiles/demo
 	@cat results/table1.md
 
-# Real data: BEIR SciFact from ../shared/data, MiniLM, every distillation strategy (Table 4); 1-2 hours on 2 cores with native bf16, about 3.5 on 2 AVX2 cores (fp32).
+# Real data: BEIR SciFact from ../shared/data, MiniLM, every distillation strategy (Table 4); run time per CPU: README, "On real data".
 scifact: $(STAMP)
 	$(BIN)/snakemake --profile profiles/scifact
 	@cat results/table4_distillation.md

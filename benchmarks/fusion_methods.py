@@ -1,116 +1,150 @@
-"""trectools' fusion methods (pipeline.fusion_methods) against our Eq. 7 fusion (pipeline.fusion) on the same input.
+"""The fusion methods and judgement coverage: ours (pipeline.fusion_methods, pipeline.coverage: array code) against
+trectools 0.0.50 (tests/trectools_oracle.py) on the same input, in one run.
 
 Two 1000-deep runs for 6,980 queries (MS MARCO dev.small's size) with half of the candidates in both lists, the
-synthetic runs of benchmarks/fusion.py. Each method is timed from the runs read into frames (read_run_frame) to the
-fused top 1000 of every query, as is Eq. 7 (encode_runs + fuse_arrays; fuse_arrays alone is the figure of
-benchmarks/fusion.py); an untimed call on one query first loads trectools' lazy imports (scikit-learn, seconds).
-Then each tuning sweep (tune_method: fusing at every grid value and RR@10 through pipeline.evaluate, reading
-excluded) against tune_alpha's 201-value sweep on the same queries: all of them, or the first --tuning-queries,
-projected linearly to all (each sweep fuses and scores query blocks independently). Last, pipeline.coverage on
-the Eq. 7 run. Scores are float64 throughout (numpy, pandas, trectools): no PyTorch precision is involved.
+synthetic runs of benchmarks/fusion.py, and one judged document per query. Timed, from the runs read into frames:
+- the five fuses (rrf, rbp, combsum, combmnz, borda, each at its default) to every query's top 1000: ours in one
+  job's pass; trectools as the pipeline called it before (64 queries a call, each method on its own);
+- both tuning sweeps (rrf's 10 values of k, rbp's 9 of p) over the first 6,000 queries, RR@10 through
+  pipeline.evaluate: ours in one pass; trectools projected as grid values x its per-query fuse time;
+- coverage (Judged@10, RBP(0.8) and its residual) of the RRF hybrid.
+trectools runs on the first --oracle-queries queries (fuses) and --oracle-coverage-queries (coverage), projected
+linearly to all: it fuses query by query, and its coverage is linear in the run's rows. On those queries the
+script also checks that both rank alike and reports the largest score difference. Scores are float64 throughout
+(numpy, pandas, trectools): no PyTorch precision is involved.
 
-    python benchmarks/fusion_methods.py [--queries 6980] [--depth 1000] [--block 64] [--methods rrf ...]
-        [--tuning-queries N | --no-tuning]
+    python benchmarks/fusion_methods.py [--queries 6980] [--depth 1000] [--tuning-queries 6000]
+        [--oracle-queries 100] [--oracle-coverage-queries 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipeline import precision
 from pipeline.coverage import coverage
-from pipeline.fusion import fuse_arrays
-from pipeline.fusion_methods import METHODS, fuse_inputs, fused_frame, prepare, tune_method
+from pipeline.fusion_methods import METHODS, Inputs, fuse_inputs, sweep
 from pipeline.io import write_qrels, write_run
-from pipeline.run_arrays import RunArrays, encode_runs, read_run_frame
+from pipeline.run_arrays import RunArrays, encode_runs, read_run_frame, write_run_arrays
 from pipeline.timing import cpu_name
-from pipeline.tune_alpha import tune_alpha
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fusion import best_of, synthetic_runs  # benchmarks/ holds scripts, not a package
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from fusion import synthetic_runs  # benchmarks/ holds scripts, not a package
+
+from tests import trectools_oracle
+
+ORACLE_BLOCK = 64  # queries per trectools call, as pipeline.fusion_methods gave them before it became array code
+
+
+def encoded(frames: tuple[pd.DataFrame, pd.DataFrame]) -> Inputs:
+    sparse, dense, vocabulary = encode_runs(*frames)
+    return Inputs(sparse.in_rank_order(), dense.in_rank_order(), vocabulary)
+
+
+def as_frame(run: RunArrays, vocabulary: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"qid": np.repeat(run.qids, np.diff(run.offsets)), "docid": vocabulary[run.docids],
+                         "score": run.scores})
+
+
+def timed(work):
+    tick = time.perf_counter()
+    result = work()
+    return time.perf_counter() - tick, result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=6980)
     parser.add_argument("--depth", type=int, default=1000)
-    parser.add_argument("--block", type=int, default=64, help="queries per trectools call")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--tuning-queries", type=int, help="tune on the first N queries (default: all of them)")
-    parser.add_argument("--no-tuning", action="store_true", help="time fusing only")
+    parser.add_argument("--tuning-queries", type=int, default=6000)
+    parser.add_argument("--oracle-queries", type=int, default=100, help="queries trectools fuses (then projected)")
+    parser.add_argument("--oracle-coverage-queries", type=int, default=1000)
     args = parser.parse_args()
-    tuning_queries = min(args.tuning_queries or args.queries, args.queries)
-    scale = args.queries / tuning_queries
-    print(f"{cpu_name()}, PyTorch CPU capability {precision.cpu_capability()}, float64 scores (no PyTorch "
-          f"precision involved); {args.queries} queries x two {args.depth}-deep runs, trectools given {args.block} "
-          f"queries a call" + ("" if args.no_tuning else f", tuning on {tuning_queries} queries"), flush=True)
+    print(f"{cpu_name()}, {os.cpu_count()} cores, PyTorch CPU capability {precision.cpu_capability()}, float64 "
+          f"scores (no PyTorch precision involved); {args.queries} queries x two {args.depth}-deep runs, "
+          f"tuning on {args.tuning_queries}", flush=True)
     sparse, dense = synthetic_runs(args.queries, args.depth)
     work = Path(tempfile.mkdtemp(prefix="fusion-methods-bench."))
-    tuned = list(sparse)[:tuning_queries]
-    for name, run in (("sparse", sparse), ("dense", dense)):
-        write_run(work / f"{name}.trec", {q: list(hits.items()) for q, hits in run.items()}, name[0])
-        write_run(work / f"{name}.tune.trec", {q: list(run[q].items()) for q in tuned}, name[0])
+    write_run(work / "sparse.trec", {q: list(hits.items()) for q, hits in sparse.items()}, "s")
+    write_run(work / "dense.trec", {q: list(hits.items()) for q, hits in dense.items()}, "d")
     rng = np.random.default_rng(1)
-    qrels = {q: {rng.choice(list(hits)): 1} for q, hits in sparse.items()}
+    qrels = {q: {str(rng.choice(list(hits))): 1} for q, hits in sparse.items()}
     write_qrels(work / "qrels.txt", qrels)
-    write_qrels(work / "qrels.tune.txt", {q: qrels[q] for q in tuned})
-    tune_files = (work / "sparse.tune.trec", work / "dense.tune.trec", work / "qrels.tune.txt")
-    frames = [read_run_frame(work / name) for name in ("sparse.trec", "dense.trec")]
     del sparse, dense
+    read_seconds, frames = timed(lambda: (read_run_frame(work / "sparse.trec"), read_run_frame(work / "dense.trec")))
+    tuned = list(qrels)[:args.tuning_queries]
+    tune_frames = tuple(frame[frame["qid"].isin(tuned)] for frame in frames)
+    tune_qrels = {q: qrels[q] for q in tuned}
 
-    def eq7() -> tuple[tuple[RunArrays, RunArrays, np.ndarray], RunArrays]:
-        encoded = encode_runs(*frames)
-        return encoded, fuse_arrays(*encoded, 0.1)
-
-    eq7_ms, ((sparse_arrays, dense_arrays, vocabulary), fused) = best_of(3, eq7)
-    eq7_seconds = eq7_ms / 1000
-    fuse_ms, _ = best_of(3, lambda: fuse_arrays(sparse_arrays, dense_arrays, vocabulary, 0.1))
-    print(f"Eq. 7: {eq7_seconds:.2f} s from the frames, {fuse_ms / 1000:.2f} s of it fusing the encoded runs",
-          flush=True)
-    alpha = None if args.no_tuning else tune_alpha(*tune_files, work / "alpha.tsv",
-                                                   work / "alpha.json")["sweep_seconds"]
-    rows = [("Eq. 7 (pipeline.fusion), alpha 0.1", eq7_seconds, "201 alphas", alpha)]
-    one_query = [frame[frame["qid"] == frame["qid"].iloc[0]] for frame in frames]
-    fuse_inputs(prepare(*one_query, "rrf"), "rrf")  # untimed: trectools' lazy imports
-    for method in args.methods:
-        spec = METHODS[method]
-        tick = time.perf_counter()
-        fuse_inputs(prepare(*frames, method), method, block=args.block)
-        seconds = time.perf_counter() - tick
-        label = f"{method} ({spec.parameter} {spec.default:g})" if spec.parameter else method
-        tuning = None
-        if spec.parameter and not args.no_tuning:
-            tuning = tune_method(*tune_files, method, work / "curve.tsv", work / "choice.json")["sweep_seconds"]
-        rows.append((label, seconds, f"{len(spec.grid)} values of {spec.parameter}", tuning))
-        print(f"{label}: {seconds:.1f} s" + (f", grid {tuning:.1f} s" if tuning else ""), flush=True)
-    tick = time.perf_counter()
-    coverage(fused_frame(fused, vocabulary), work / "qrels.txt")
-    coverage_seconds = time.perf_counter() - tick
+    # Ours.
+    settings = [(method, None) for method in METHODS]
+    fuse_seconds, (inputs, fused) = timed(lambda: (lambda inputs: (inputs, fuse_inputs(inputs, settings)))(
+        encoded(frames)))
+    grids = {method: spec.grid for method, spec in METHODS.items() if spec.parameter}
+    sweep_seconds, curves = timed(lambda: sweep(encoded(tune_frames), tune_qrels, "RR@10", grids))
+    hybrid = as_frame(fused[0], inputs.vocabulary)
+    coverage_seconds, _ = timed(lambda: coverage(hybrid, qrels))
+    write_seconds, _ = timed(lambda: write_run_arrays(work / "rrf.trec", fused[0], inputs.vocabulary, "rrf",
+                                                      exact=True))
     shutil.rmtree(work)
+    print(f"ours: five fuses {fuse_seconds:.1f} s, sweeps {sweep_seconds:.1f} s, coverage {coverage_seconds:.1f} s; "
+          f"reading both runs {read_seconds:.1f} s, writing one fused run {write_seconds:.1f} s", flush=True)
 
-    projected = f", projected x{scale:.2f} to {args.queries} queries" if scale > 1 else ""
-    print(f"\n| method | fuse from the frames, s | ratio to Eq. 7 from the frames | ratio to Eq. 7's fuse_arrays alone "
-          f"| tuning sweep on {tuning_queries} queries, s{projected} | ratio to the alpha sweep |")
-    print("|---|---|---|---|---|---|")
-    for label, seconds, grid, sweep in rows:
-        tuned_text = "- | -"
-        if sweep and alpha:
-            tuned_text = (f"{sweep:.1f}" + (f" (projected {sweep * scale:.0f})" if scale > 1 else "")
-                          + f", {grid} | {sweep / alpha:.1f}x")
-        ratios = f"{seconds / eq7_seconds:.1f}x | {seconds / (fuse_ms / 1000):.0f}x"
-        print(f"| {label} | {seconds:.2f} | {ratios} | {tuned_text} |")
-    total = sum(seconds for _, seconds, _, _ in rows[1:]) + scale * sum(sweep or 0 for *_, sweep in rows[1:])
-    print(f"\npipeline.coverage (judged@10, RBP(0.8) and residual) of the Eq. 7 run, {args.queries} queries judged: "
-          f"{coverage_seconds:.1f} s")
-    print(f"the fusion-methods stage (every fuse above, every tuning sweep{' projected' if scale > 1 else ''}, "
-          f"coverage): {(total + coverage_seconds) / 60:.1f} min")
+    # trectools on the first queries, projected.
+    oracle_qids = list(qrels)[:args.oracle_queries]
+    by_query = [dict(tuple(frame.groupby("qid", sort=False))) for frame in frames]
+    per_query, largest, same_order = {}, 0.0, True
+    warnings.simplefilter("ignore")  # trectools' combos sorts in place, which pandas deprecates
+    for method_index, method in enumerate(METHODS):
+        seconds, parts = 0.0, []
+        for start in range(0, len(oracle_qids), ORACLE_BLOCK):
+            block = oracle_qids[start:start + ORACLE_BLOCK]
+            sides = [pd.concat([side[q] for q in block]) for side in by_query]
+            elapsed, part = timed(lambda sides=sides, method=method: trectools_oracle.fuse(*sides, method))
+            seconds += elapsed
+            parts.append(part)
+        per_query[method] = seconds / len(oracle_qids)
+        theirs = pd.concat(parts).groupby("qid", sort=False).head(args.depth)
+        ours = as_frame(fused[method_index], inputs.vocabulary)
+        ours = ours[ours["qid"].isin(oracle_qids)]
+        ours = ours.set_index("qid").loc[oracle_qids].reset_index()
+        theirs = theirs.set_index("qid").loc[oracle_qids].reset_index()
+        same_order &= ours["docid"].tolist() == theirs["docid"].tolist()
+        largest = max(largest, float(np.abs(ours["score"].to_numpy() - theirs["score"].to_numpy()).max()))
+        print(f"trectools {method}: {1000 * per_query[method]:.1f} ms/query", flush=True)
+    coverage_qids = list(qrels)[:args.oracle_coverage_queries]
+    oracle_coverage, _ = timed(lambda: trectools_oracle.coverage(
+        hybrid[hybrid["qid"].isin(coverage_qids)], {q: qrels[q] for q in coverage_qids}, 10, 0.8, 1000))
+    oracle_coverage *= args.queries / len(coverage_qids)
+
+    theirs_fuse = sum(per_query.values()) * args.queries
+    theirs_sweep = sum(len(grid) * per_query[method] for method, grid in grids.items()) * args.tuning_queries
+    ours_total = fuse_seconds + sweep_seconds + coverage_seconds
+    theirs_total = theirs_fuse + theirs_sweep + oracle_coverage
+    print(f"\nOn the {len(oracle_qids)} queries trectools fused: rankings {'identical' if same_order else 'DIFFER'}, "
+          f"largest |score difference| {largest:.3g}")
+    print(f"trectools projected from {len(oracle_qids)} queries (fuses, sweeps) and {len(coverage_qids)} (coverage)\n")
+    print("| step | ours, s | trectools, s | ratio |")
+    print("|---|---|---|---|")
+    for step, ours_s, theirs_s in (
+            ("the five fuses (rrf, rbp, combsum, combmnz, borda), from the frames", fuse_seconds, theirs_fuse),
+            (f"both sweeps (19 values) on {args.tuning_queries} queries, RR@10", sweep_seconds, theirs_sweep),
+            ("coverage of the RRF hybrid (Judged@10, RBP(0.8), residual)", coverage_seconds, oracle_coverage),
+            ("**all three**", ours_total, theirs_total)):
+        print(f"| {step} | {ours_s:.1f} | {theirs_s:.0f} | {theirs_s / ours_s:.0f}x |")
+    print(f"\nours, all three: {ours_total / 60:.2f} min (goal: at most 2 min); trectools: {theirs_total / 60:.1f} min")
+    print(f"best RR@10 on the tuning queries: rrf {max(curves['rrf']):.4f}, rbp {max(curves['rbp']):.4f}")
 
 
 if __name__ == "__main__":

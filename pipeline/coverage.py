@@ -1,23 +1,21 @@
-"""coverage: how much of a run the qrels judge, by trectools' TrecEval: Judged@k and RBP with its residual.
+"""coverage: how much of a run the qrels judge: Judged@k, and RBP with its residual (Moffat & Zobel 2008).
 
     python -m pipeline.coverage --run results/D/runs/tct_inbatch.dev.trec --qrels resources/D/qrels.dev.txt \
         --out results/D/coverage/tct_inbatch.dev.tsv
 
 One row per query of the qrels and their mean under `all`, as pipeline.evaluate writes metrics (a run's query
-without judgements is left out; a query the run lacks has nothing judged, RBP 0 and residual p ** depth). Ranks are
-trec_eval's: score, then docid descending. A judgement of any grade, -1 included, makes a document judged;
-relevant means rel > 0.
+without judgements is left out). Ranks are trec_eval's: score, then docid descending. A judgement of any grade,
+-1 included, makes a document judged; relevant means rel > 0.
 - judged@k (k = 10): the fraction of the top k results that is judged, over the n results when there are fewer
-  than k (ir_measures' Judged@k). trectools' get_unjudged gives UNJ@k = unjudged / k even then, so 1 - UNJ@k would
-  count a short list's empty places as judged: judged@k = 1 - UNJ@k * k / min(n, k).
-- rbp: RBP(p = 0.8) over the top `rbp_depth` (1000), binary relevance, by trectools' get_rbp. It ranks by row order,
-  so it is given the run in trec_eval's order, with ties not averaged (average_ties=False): trec_eval's order breaks
-  them, and trectools' averaging would also join equal scores of neighbouring queries.
-- rbp_residual: what the unjudged documents could add, plus p ** rbp_depth (trectools' definition). trectools' own
-  per-query residual is NaN for a query with no relevant document retrieved (it subtracts two frames, one lacking
-  that query), so it is computed as trectools computes it, by get_rbp with every unjudged document retrieved
-  judged relevant, minus the RBP, plus p ** rbp_depth.
-Qrels reach trectools as pipeline.io reads them: TrecQrel's own reader drops negative judgements.
+  than k (ir_measures' Judged@k); 0 for a query the run lacks.
+- rbp: RBP(p = 0.8) over the top `rbp_depth` (1000), binary relevance: the sum of (1 - p) * p ** (r - 1) over the
+  relevant documents at ranks r.
+- rbp_residual: what the documents of unknown relevance could add. Those are the unjudged documents retrieved
+  within the depth and, as Moffat & Zobel count it, everything past the end of the ranking: p ** min(n, rbp_depth)
+  for a list of n results (1 for a query the run lacks). trectools (get_rbp) adds p ** rbp_depth whatever the
+  list's length, so the two agree for lists of rbp_depth results or more and differ by p ** n - p ** rbp_depth
+  for shorter ones (tests/test_coverage.py holds it to trectools 0.0.50 on both counts).
+Everything is array code over the whole run: one sort, and judgements matched by integer keys.
 """
 
 from __future__ import annotations
@@ -26,8 +24,8 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from trectools import TrecEval, TrecQrel, TrecRun
 
 from pipeline.cli import run_stage
 from pipeline.evaluate import MEAN_ROW
@@ -37,17 +35,21 @@ from pipeline.run_arrays import read_run_frame
 log = logging.getLogger(__name__)
 
 
-def trec_qrel(frame: pd.DataFrame) -> TrecQrel:
-    """Judgements (columns query, docid, rel) as a trectools TrecQrel, every grade kept."""
-    qrel = TrecQrel()
-    qrel.qrels_data = frame.assign(q0="0")[["query", "q0", "docid", "rel"]]
-    return qrel
-
-
-def rbp_per_query(run: TrecRun, judgements: pd.DataFrame, p: float, depth: int, qids: list[str]) -> pd.Series:
-    """trectools' RBP per query of `qids` (0 where it has none: no relevant document retrieved)."""
-    frame = TrecEval(run, trec_qrel(judgements)).get_rbp(p=p, depth=depth, per_query=True, average_ties=False)[0]
-    return frame.iloc[:, 0].reindex(qids, fill_value=0.0)
+def judgement_keys(qrels: Qrels, qids: list[str], vocabulary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted keys (query row * vocabulary size + docid code) of the judged and of the relevant documents that the
+    run retrieved (others cannot match a hit)."""
+    judged, relevant = [], []
+    for row, qid in enumerate(qids):
+        docids = np.array(list(qrels[qid]), dtype=str)
+        rels = np.array(list(qrels[qid].values()), dtype=np.int64)
+        positions = np.searchsorted(vocabulary, docids)
+        found = positions < len(vocabulary)
+        found[found] = vocabulary[positions[found]] == docids[found]
+        keys = row * len(vocabulary) + positions[found]
+        judged.append(keys)
+        relevant.append(keys[rels[found] > 0])
+    return (np.sort(np.concatenate([np.zeros(0, np.int64), *judged])),
+            np.sort(np.concatenate([np.zeros(0, np.int64), *relevant])))
 
 
 def coverage(run: Path | pd.DataFrame, qrels: Path | Qrels, judged_depth: int = 10, p: float = 0.8,
@@ -57,34 +59,46 @@ def coverage(run: Path | pd.DataFrame, qrels: Path | Qrels, judged_depth: int = 
     `run` is a run file or a frame with columns qid, docid, score (pipeline.run_arrays.read_run_frame's)."""
     frame = run if isinstance(run, pd.DataFrame) else read_run_frame(run)
     qrels = qrels if isinstance(qrels, dict) else read_qrels(qrels)
-    repeated = frame.duplicated(["qid", "docid"])
-    if repeated.any():
-        first = frame[repeated].iloc[0]
-        raise InputFormatError("run" if isinstance(run, pd.DataFrame) else run, None, "each docid once per query",
-                               f"{first['docid']} twice for query {first['qid']}")
     qids = list(qrels)
-    judged_queries = frame["qid"].isin(qids)
-    if not judged_queries.all():
+    row_of = pd.Series(np.arange(len(qids)), index=pd.Index(qids, dtype=object))
+    rows = row_of.reindex(frame["qid"].to_numpy()).to_numpy()
+    unjudged_query = np.isnan(rows)
+    if unjudged_query.any():
         log.warning("%d queries of the run have no judgements and are left out",
-                    frame.loc[~judged_queries, "qid"].nunique())
-    ranked = frame[judged_queries].sort_values(["qid", "score", "docid"], ascending=[True, False, False])
-    trec_run = TrecRun()
-    trec_run.load_run_from_dataframe(pd.DataFrame({
-        "query": ranked["qid"], "q0": "Q0", "docid": ranked["docid"], "rank": ranked.groupby("qid").cumcount() + 1,
-        "score": ranked["score"], "system": "run"}))
-    judgements = pd.DataFrame([(qid, docid, rel) for qid, judged in qrels.items() for docid, rel in judged.items()],
-                              columns=["query", "docid", "rel"])
-    unjudged = TrecEval(trec_run, trec_qrel(judgements)).get_unjudged(depth=judged_depth, per_query=True).iloc[:, 0]
-    results = ranked.groupby("qid").size().clip(upper=judged_depth)
-    judged = (1 - unjudged * judged_depth / results).reindex(qids, fill_value=0.0)
-    rbp = rbp_per_query(trec_run, judgements, p, rbp_depth, qids)
-    # Every retrieved document judged relevant unless the qrels judge it: RBP's largest value.
-    retrieved = pd.DataFrame({"query": ranked["qid"], "docid": ranked["docid"], "rel": 1})
-    optimistic = pd.concat([retrieved, judgements]).drop_duplicates(["query", "docid"], keep="last")
-    residual = rbp_per_query(trec_run, optimistic, p, rbp_depth, qids) - rbp + p ** rbp_depth
+                    len(set(frame["qid"].to_numpy()[unjudged_query])))
+    rows = rows[~unjudged_query].astype(np.int64)
+    docids = frame["docid"].to_numpy()[~unjudged_query].astype(str)
+    scores = frame["score"].to_numpy(dtype=np.float64)[~unjudged_query]
+    vocabulary, codes = np.unique(docids, return_inverse=True)
+    keys = rows * len(vocabulary) + codes
+    order = np.lexsort((-codes, -scores, rows))  # trec_eval's order: score, then docid descending
+    keys, rows = keys[order], rows[order]
+    sorted_keys = np.sort(keys)
+    repeated = np.flatnonzero(np.diff(sorted_keys) == 0)
+    if len(repeated):
+        row, code = divmod(int(sorted_keys[repeated[0]]), len(vocabulary))
+        raise InputFormatError("run" if isinstance(run, pd.DataFrame) else run, None, "each docid once per query",
+                               f"{vocabulary[code]} twice for query {qids[row]}")
+    lengths = np.bincount(rows, minlength=len(qids))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    ranks = np.arange(len(keys)) - starts[rows] + 1
+    judged_keys, relevant_keys = judgement_keys(qrels, qids, vocabulary)
+    judged = np.isin(keys, judged_keys)
+    relevant = np.isin(keys, relevant_keys)
+
+    top = ranks <= judged_depth
+    results = np.maximum(np.minimum(lengths, judged_depth), 1)
+    judged_at = np.bincount(rows[top & judged], minlength=len(qids)) / results
+    weights = (1.0 - p) * p ** np.arange(rbp_depth)  # rank r weighs (1 - p) * p ** (r - 1)
+    within = ranks <= rbp_depth
+    rank_weight = weights[np.minimum(ranks, rbp_depth) - 1]
+    rbp = np.bincount(rows[within & relevant], rank_weight[within & relevant], minlength=len(qids))
+    unknown = within & ~judged
+    residual = (np.bincount(rows[unknown], rank_weight[unknown], minlength=len(qids))
+                + p ** np.minimum(lengths, rbp_depth))
     names = (f"judged@{judged_depth}", "rbp", "rbp_residual")
     table = {qid: dict(zip(names, map(float, values), strict=True))
-             for qid, *values in zip(qids, judged, rbp, residual, strict=True)}
+             for qid, *values in zip(qids, judged_at, rbp, residual, strict=True)}
     table[MEAN_ROW] = {name: sum(row[name] for row in table.values()) / max(len(qids), 1) for name in names}
     return table
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,43 +146,58 @@ def layout(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray) -> Layou
                   (pair_starts + first, pair_starts + second), tuple(placed), widths, lowest, highest)
 
 
+def side_by_side(grid: Layout, sparse: RunArrays, dense: RunArrays) -> np.ndarray:
+    """(Q, W): each side's hits in its own columns (sparse first), in the order its run lists them; 0 in padding."""
+    width = sum(grid.widths)
+    hits = (np.empty if grid.rectangular else np.zeros)((len(grid.qids), width))
+    for placed, run, columns in zip(grid.placed, (sparse, dense), (slice(0, grid.widths[0]), slice(grid.widths[0],
+                                                                                               width)), strict=True):
+        if grid.rectangular:
+            hits[:, columns] = run.scores.reshape(len(grid.qids), -1)
+        else:
+            hits.reshape(-1)[placed] = run.scores
+    return hits
+
+
+def cell_scores(grid: Layout, hits: np.ndarray, missing: tuple[np.ndarray, np.ndarray] | None = None,
+                pair_factor: float = 1.0) -> np.ndarray:
+    """(Q, C) scores per sorted cell from per-hit values on the side-by-side grid `hits` (changed in place): a
+    docid that one side lacks adds that side's `missing` value for its query ((Q, 1) per side; None: nothing), a
+    docid both sides hold scores its two values' sum (sparse + dense), times `pair_factor`."""
+    flat = hits.reshape(-1)
+    pair_sums = flat[grid.pair_sources[0]] + flat[grid.pair_sources[1]]
+    if missing is not None:
+        hits[:, :grid.widths[0]] += missing[1]
+        hits[:, grid.widths[0]:] += missing[0]
+    scores = flat[grid.source]
+    if pair_factor != 1.0:
+        pair_sums *= pair_factor
+    scores.reshape(-1)[grid.pairs] = pair_sums
+    return scores
+
+
 def weighted_scores(grid: Layout, sparse: RunArrays, dense: RunArrays, weights: tuple[float, float],
                     normalization: bool = False) -> np.ndarray:
     """weights[0] * sparse + weights[1] * dense per sorted cell (Eq. 7 with weights (alpha, 1)), a side that
-    lacks the docid counting its minimum for the query; optionally each side min-max centred first.
+    lacks the docid counting its minimum for the query; optionally each side min-max centred first."""
 
-    One grid holds both sides' hits, each side's columns already weighted and plus the other side's
-    weighted minimum; a docid both runs hold is computed from its two raw scores, in the same operations."""
-    width = sum(grid.widths)
-    side_by_side = (np.empty if grid.rectangular else np.zeros)((len(grid.qids), width))
-    for placed, run, columns in zip(grid.placed, (sparse, dense), (slice(0, grid.widths[0]), slice(grid.widths[0],
-                                                                                                  width)), strict=True):
-        if grid.rectangular:
-            side_by_side[:, columns] = run.scores.reshape(len(grid.qids), -1)
-        else:
-            side_by_side.reshape(-1)[placed] = run.scores
-    raw_pairs = [side_by_side.reshape(-1)[positions] for positions in grid.pair_sources]
-
-    def centred(values: np.ndarray, side: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+    def centred(values: np.ndarray, side: int) -> np.ndarray:
         """pyserini's normalisation: centred on the query's mid-range, divided by its range."""
         if not normalization:
             return values
-        low, high = grid.lowest[side][rows], grid.highest[side][rows]
+        low, high = grid.lowest[side], grid.highest[side]
         spread = high - low
         return (values - (low + high) / 2) / np.where(spread == 0, 1.0, spread)
 
-    floor = [weights[side] * centred(grid.lowest[side], side) for side in (0, 1)]
-    for side, columns in ((0, slice(0, grid.widths[0])), (1, slice(grid.widths[0], width))):
-        own = side_by_side[:, columns]
+    hits = side_by_side(grid, sparse, dense)
+    for side, columns in enumerate((slice(0, grid.widths[0]), slice(grid.widths[0], None))):
+        own = hits[:, columns]
         if normalization:
             own[...] = centred(own, side)
         if weights[side] != 1.0:
             own *= weights[side]
-        own += floor[1 - side]
-    scores = side_by_side.reshape(-1)[grid.source]
-    both = [weights[side] * centred(raw_pairs[side][:, None], side, grid.pair_rows)[:, 0] for side in (0, 1)]
-    scores.reshape(-1)[grid.pairs] = both[0] + both[1]
-    return scores
+    floor = (weights[0] * centred(grid.lowest[0], 0), weights[1] * centred(grid.lowest[1], 1))
+    return cell_scores(grid, hits, floor)
 
 
 def ranking(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,41 +234,54 @@ def ranking(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ranked[rows] = np.take(scores, cells[rows])
     return cells, ranked
 
-def fuse_arrays(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alpha: float, k: int = 1000,
-                normalization: bool = False, weight_on_dense: bool = False) -> RunArrays:
-    """Eq. 7 for every query: the fused top k in rank order, as RunArrays over the same vocabulary.
 
-    Queries go BLOCK at a time: a block's grids stay in the CPU's cache, which makes the whole ~2x faster
-    than one grid for all queries (and bounds the memory)."""
+Scorer = Callable[[Layout, RunArrays, RunArrays], np.ndarray]  # a block's (Q, C) cell scores from its runs
+
+
+def fuse_blocks(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, k: int,
+                scorers: Sequence[Scorer]) -> list[RunArrays]:
+    """Each scorer's fused top k of every query in rank order, as RunArrays over the same vocabulary.
+
+    Queries go BLOCK at a time, and every scorer ranks the same block's layout: a block's grids stay in the CPU's
+    cache, which makes the whole ~2x faster than one grid for all queries (and bounds the memory)."""
     qids = list(dict.fromkeys([*sparse.qids, *dense.qids]))
     if len(qids) <= BLOCK:
-        return _fuse_block(sparse, dense, vocabulary, alpha, k, normalization, weight_on_dense)
-    parts = []
-    if np.array_equal(sparse.qids, dense.qids):  # the usual case (both runs in topic order): views, no copies
-        for start in range(0, len(qids), BLOCK):
-            stop = min(start + BLOCK, len(qids))
-            parts.append(_fuse_block(sparse.slice(start, stop), dense.slice(start, stop), vocabulary, alpha, k,
-                                     normalization, weight_on_dense))
-        return RunArrays.concatenate(parts)
-    rows = [{qid: row for row, qid in enumerate(run.qids)} for run in (sparse, dense)]
-    for start in range(0, len(qids), BLOCK):
-        block = qids[start:start + BLOCK]
-        sides = [run.take(np.array([row[qid] for qid in block if qid in row], dtype=np.int64))
-                 for run, row in zip((sparse, dense), rows, strict=True)]
-        parts.append(_fuse_block(*sides, vocabulary, alpha, k, normalization, weight_on_dense))
-    return RunArrays.concatenate(parts)
+        blocks = [(sparse, dense)]
+    elif np.array_equal(sparse.qids, dense.qids):  # the usual case (both runs in topic order): views, no copies
+        blocks = ((sparse.slice(start, min(start + BLOCK, len(qids))), dense.slice(start, min(start + BLOCK,
+                                                                                                 len(qids))))
+                  for start in range(0, len(qids), BLOCK))
+    else:
+        rows = [{qid: row for row, qid in enumerate(run.qids)} for run in (sparse, dense)]
+        blocks = (tuple(run.take(np.array([row[qid] for qid in qids[start:start + BLOCK] if qid in row],
+                                          dtype=np.int64)) for run, row in zip((sparse, dense), rows, strict=True))
+                  for start in range(0, len(qids), BLOCK))
+    parts: list[list[RunArrays]] = [[] for _ in scorers]
+    for block_sparse, block_dense in blocks:
+        grid = layout(block_sparse, block_dense, vocabulary)
+        for part, scorer in zip(parts, scorers, strict=True):
+            part.append(top_k(grid, scorer(grid, block_sparse, block_dense), k))
+    return [part[0] if len(part) == 1 else RunArrays.concatenate(part) for part in parts]
 
 
-def _fuse_block(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alpha: float, k: int,
-                normalization: bool, weight_on_dense: bool) -> RunArrays:
-    grid = layout(sparse, dense, vocabulary)
-    scores = weighted_scores(grid, sparse, dense, (1.0, alpha) if weight_on_dense else (alpha, 1.0), normalization)
+def fuse_arrays(sparse: RunArrays, dense: RunArrays, vocabulary: np.ndarray, alpha: float, k: int = 1000,
+                normalization: bool = False, weight_on_dense: bool = False) -> RunArrays:
+    """Eq. 7 for every query: the fused top k in rank order, as RunArrays over the same vocabulary."""
+    weights = (1.0, alpha) if weight_on_dense else (alpha, 1.0)
+    return fuse_blocks(sparse, dense, vocabulary, k, [
+        lambda grid, block_sparse, block_dense: weighted_scores(grid, block_sparse, block_dense, weights,
+                                                                normalization)])[0]
+
+
+def top_k(grid: Layout, scores: np.ndarray, k: int) -> RunArrays:
+    """The top k of every row of a layout's cell `scores` (changed in place), one cell per docid; a cell scored
+    -inf is no candidate."""
     scores.reshape(-1)[grid.pairs + 1] = -np.inf  # a docid both runs hold ranks once, by its first cell
     if grid.padding is not None:
         scores[grid.padding] = -np.inf
     cells, ranked = ranking(scores, k)
     codes = np.take(grid.codes, cells)
-    lengths = np.minimum(grid.candidates(), cells.shape[1])  # valid cells rank first in every row
+    lengths = (ranked > -np.inf).sum(axis=1)  # candidates rank first in every row; -inf marks the rest
     if (lengths == cells.shape[1]).all():  # the usual case: every query has k candidates or more
         codes, ranked = codes.reshape(-1), ranked.reshape(-1)
     else:

@@ -1,29 +1,32 @@
-"""fusion_methods: hybrids by trectools' fusion module beside Eq. 7 (pipeline.fusion): reciprocal rank fusion,
-rank-biased precision fusion, CombSUM, CombMNZ, and Borda count.
+"""fusion_methods: hybrids by the fusion methods of trectools beside Eq. 7 (pipeline.fusion): reciprocal rank
+fusion, rank-biased precision fusion, CombSUM, CombMNZ and Borda count, as array code on Eq. 7's layout.
 
-    python -m pipeline.fusion_methods fuse --method rrf --param 60 --sparse results/D/runs/bm25.dev.trec \
-        --dense results/D/runs/tct_inbatch.dev.trec --run results/D/runs/tct_inbatch+bm25.rrf.dev.trec
-    python -m pipeline.fusion_methods tune --method rrf --sparse results/D/runs/bm25.tune.trec \
+    python -m pipeline.fusion_methods fuse --method rrf rbp --sparse results/D/runs/bm25.dev.trec \
+        --dense results/D/runs/tct_inbatch.dev.trec --param-file results/D/fusion/tct_inbatch+bm25.rrf.json \
+        results/D/fusion/tct_inbatch+bm25.rbp.json --run results/D/runs/rrf.dev.trec results/D/runs/rbp.dev.trec
+    python -m pipeline.fusion_methods tune --method rrf rbp --sparse results/D/runs/bm25.tune.trec \
         --dense results/D/runs/tct_inbatch.tune.trec --qrels resources/D/qrels.tune.txt --measure RR@10 \
-        --choice results/D/fusion/tct_inbatch+bm25.rrf.json --curve results/D/fusion/tct_inbatch+bm25.rrf.tsv
+        --choice rrf.json rbp.json --curve rrf.tsv rbp.tsv
 
-What each method scores (a document's rank r is its place in trec_eval's order of its run: score, then docid
-descending; a run lacking the document adds nothing unless said otherwise):
-- rrf (trectools.fusion.reciprocal_rank_fusion): sum of 1 / (k + r); k defaults to 60 (Cormack et al.).
-- rbp (trectools.fusion.rank_biased_precision_fusion): sum of (1 - p) * p ** (r - 1); p defaults to 0.8.
-- combsum / combmnz (trectools.fusion.combos "sum" / "mnz"): the sum of the scores, times the number of runs
-  holding the document for MNZ. trectools normalises nothing, so each run's scores are min-max normalised per
-  query first, (s - min) / (max - min), all of them 1 when they are equal.
-- borda: trectools 0.0.50's borda_count is a stub (it prints a TODO and returns None), so Borda runs as
-  combos "sum" over Borda points (Aslam & Montague 2001, which that stub cites): with c distinct candidates for
-  the query, a run gives c - r + 1 points at rank r and shares the remaining points evenly among the candidates
-  it lacks, (c - n + 1) / 2 each for a run of n hits.
-rrf and rbp read at most each run's top 1000 per query (trectools' fixed depth). The fused run keeps the top
-`hits` per query, equal scores by docid descending, and is written with exact scores (%.17g): 6 decimals
-cannot tell RBP's or RRF's scores apart below the top ranks, and trec_eval would reorder what they tie.
+Every method scores a document by the sum, over the two runs, of what its hit in each run weighs (a document's
+rank r is its place in trec_eval's order of its run: score, then docid descending):
+- rrf (trectools' reciprocal_rank_fusion): 1 / (k + r); k defaults to 60 (Cormack et al.).
+- rbp (trectools' rank_biased_precision_fusion): (1 - p) * p ** (r - 1); p defaults to 0.8.
+- combsum / combmnz (trectools' combos "sum" / "mnz"): the run's score, min-max normalised per query and run,
+  (s - min) / (max - min), 1 when all are equal (trectools normalises nothing); MNZ doubles the sum of a document
+  both runs hold.
+- borda: trectools 0.0.50's borda_count is a stub that cites Aslam & Montague (2001), which this follows as combos
+  "sum" over Borda points: with c distinct candidates for the query, a run gives c - r + 1 points at rank r and
+  shares the remaining points evenly among the candidates it lacks, (c - n + 1) / 2 each for a run of n hits.
+rrf and rbp read each run's top 1000 per query, as trectools does. A document's two weights are added sparse
+first, as trectools adds them, and the per-rank weights use trectools' own expressions, so scores are
+bit-identical to trectools' (tests/test_fusion_methods.py holds trectools to that as the oracle). Equal scores are
+ranked by docid descending, as pipeline.fusion ranks them (trectools: ascending). Fused runs are written with
+exact scores (shortest round-trip form): 6 decimals cannot tell RBP's or RRF's scores apart below the top ranks.
 
-trectools fuses query by query, and each query selects its rows from the whole run it was given, so one call
-on a whole run costs (queries x rows): it is given BLOCK queries at a time instead, from arrays read once.
+Both runs are read, encoded and put in rank order once per job. Every method and every grid value of a sweep then
+scores the same per-block layout of both runs (pipeline.fusion.fuse_blocks); a sweep keeps only the top `cutoff`
+hits its measure reads, and the full ranking is computed by `fuse` for the chosen value alone.
 """
 
 from __future__ import annotations
@@ -31,218 +34,140 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import ir_measures
 import numpy as np
-import pandas as pd
 
 from pipeline.cli import run_stage
-from pipeline.evaluate import MEAN_ROW, score_run
-from pipeline.fusion import RepeatedDocid
-from pipeline.io import InputFormatError, Run, atomic_output, read_qrels
-from pipeline.run_arrays import RunArrays, encode_runs, read_run_frame
-from pipeline.tune_alpha import write_sweep
+from pipeline.fusion import Layout, RepeatedDocid, Scorer, cell_scores, fuse_blocks, side_by_side
+from pipeline.io import InputFormatError, Run
+from pipeline.run_arrays import RunArrays, encode_runs, read_run_frame, write_run_arrays
 
 if TYPE_CHECKING:
-    from trectools import TrecRun
+    import pandas as pd
 
 log = logging.getLogger(__name__)
-BLOCK = 64  # queries per trectools call; 16 to 256 differ little (10-18 ms/query for rrf, benchmarks/README.md)
-TREC_RUN_COLUMNS = ["query", "q0", "docid", "rank", "score", "system"]  # what TrecRun.load_run_from_dataframe requires
+DEPTH = 1000  # trectools' rrf and rbp read each run's top 1000 per query (get_top_documents(topic, n=1000))
 
 
 @dataclass(frozen=True)
 class Method:
-    """A trectools fusion: its function in trectools.fusion and fixed arguments, what it is given per run, and
-    its parameter if it has one."""
+    """What a hit weighs ("rank": a function of its rank alone, "minmax": its normalised score, "borda": points),
+    the method's parameter if it has one, and how a document both runs hold is counted."""
 
-    function: str
-    inputs: str  # "scores": the run's own (rrf, rbp read only their order), "minmax", "borda": points
+    hits: str
     parameter: str | None = None
     default: float | None = None  # trectools' own default
     grid: tuple[float, ...] = ()
-    arguments: dict = field(default_factory=dict)
-
-    def call(self, runs: list[TrecRun], value: float | None) -> TrecRun:
-        # trectools is imported here, not at the top: it pulls in matplotlib and scikit-learn (seconds), and the
-        # workflow reads METHODS when it parses its rules.
-        from trectools import fusion
-
-        named = {self.parameter: value} if self.parameter else {}
-        return getattr(fusion, self.function)(runs, max_docs=ALL, **named, **self.arguments)
+    pair_factor: float = 1.0  # CombMNZ: the sum times the number of runs holding the document
 
 
-ALL = sys.maxsize  # max_docs for trectools: every candidate (the top `hits` are cut afterwards, ties in our order)
 METHODS = {
-    "rrf": Method("reciprocal_rank_fusion", "scores", "k", 60, (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)),
-    "rbp": Method("rank_biased_precision_fusion", "scores", "p", 0.8,
-                  (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)),
-    "combsum": Method("combos", "minmax", arguments={"strategy": "sum"}),
-    "combmnz": Method("combos", "minmax", arguments={"strategy": "mnz"}),
-    "borda": Method("combos", "borda", arguments={"strategy": "sum"}),
+    "rrf": Method("rank", "k", 60, (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)),
+    "rbp": Method("rank", "p", 0.8, (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)),
+    "combsum": Method("minmax"),
+    "combmnz": Method("minmax", pair_factor=2.0),
+    "borda": Method("borda"),
 }
 
 
-@dataclass
-class Side:
-    """One run's hits grouped by query (`rows` index the union of both runs' queries, ascending), each query's
-    in rank order; `values` are what trectools is given as scores."""
+def rank_weights(method: str, value: float, ranks: int) -> np.ndarray:
+    """The weight of ranks 1..`ranks` by trectools' own expression (Python floats: numpy's power may differ from
+    the C library's in the last bit), 0 past DEPTH."""
+    if method == "rrf":
+        weights = [1.0 / (value + rank) for rank in range(1, min(ranks, DEPTH) + 1)]
+    else:
+        weights = [(1.0 - value) * (value ** (rank - 1)) for rank in range(1, min(ranks, DEPTH) + 1)]
+    return np.array(weights + [0.0] * max(ranks - DEPTH, 0))
 
-    rows: np.ndarray  # (N,) int64
-    docids: np.ndarray  # (N,) int64 codes into the shared vocabulary
-    values: np.ndarray  # (N,) float64
-    ranks: np.ndarray  # (N,) int64, from 1
-    offsets: np.ndarray  # (Q + 1,) int64: query q's hits are offsets[q]:offsets[q + 1]
 
-    @staticmethod
-    def ranked(rows: np.ndarray, docids: np.ndarray, values: np.ndarray, queries: int) -> Side:
-        """Order hits by query, then value, then docid descending (trec_eval's order); number them per query."""
-        order = np.lexsort((-docids, -values, rows))
-        rows, docids, values = rows[order], docids[order], values[order]
-        offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=queries))])
-        ranks = np.arange(len(rows)) - offsets[rows] + 1
-        return Side(rows, docids, values, ranks, offsets)
+def side_rows(grid: Layout, run: RunArrays) -> np.ndarray:
+    """The layout's row of each of a block run's queries."""
+    if grid.rectangular:
+        return np.arange(len(grid.qids))
+    row_of = {qid: row for row, qid in enumerate(grid.qids)}
+    return np.array([row_of[qid] for qid in run.qids], dtype=np.int64)
 
-    def trec_run(self, start: int, stop: int, name: str) -> TrecRun:
-        """Queries start..stop - 1 as a trectools run, rows in rank order (rrf and rbp read that order). Queries and
-        docids go as their integer codes, which trectools turns into strings: it only matches them, and they parse
-        back far faster than docids are looked up in the vocabulary."""
-        from trectools import TrecRun  # see Method.call
 
-        lo, hi = self.offsets[start], self.offsets[stop]
-        run = TrecRun()
-        run.load_run_from_dataframe(pd.DataFrame(dict(zip(TREC_RUN_COLUMNS, (
-            self.rows[lo:hi], "Q0", self.docids[lo:hi], self.ranks[lo:hi], self.values[lo:hi], name), strict=True))))
-        return run
+def method_scorer(method: str, value: float | None) -> Scorer:
+    """The layout scores of `method` at parameter `value` (its default when None). The runs it is given must list
+    each query's hits in rank order (RunArrays.in_rank_order): a hit's column in the layout is then its rank - 1."""
+    spec = METHODS[method]
+    if spec.parameter is None and value is not None:
+        raise ValueError(f"{method} takes no parameter (got {value})")
+    value = spec.default if value is None else value
+    sides = (0, 1)
+
+    def score(grid: Layout, sparse: RunArrays, dense: RunArrays) -> np.ndarray:
+        columns = (slice(0, grid.widths[0]), slice(grid.widths[0], None))
+        if spec.hits == "rank":
+            weights = rank_weights(method, value, max(grid.widths))
+            hits = np.tile(np.concatenate([weights[:grid.widths[0]], weights[:grid.widths[1]]]), (len(grid.qids), 1))
+            scores = cell_scores(grid, hits)
+            if max(grid.widths) > DEPTH:  # a docid both runs rank past DEPTH is no candidate at all
+                within = np.tile(np.concatenate([np.arange(width) < DEPTH for width in grid.widths]),
+                                 (len(grid.qids), 1)).astype(np.float64)
+                scores[cell_scores(grid, within) == 0] = -np.inf
+            return scores
+        if spec.hits == "minmax":
+            hits = side_by_side(grid, sparse, dense)
+            for side in sides:
+                low, high = grid.lowest[side], grid.highest[side]
+                spread = high - low
+                hits[:, columns[side]] = np.where(spread > 0, (hits[:, columns[side]] - low)
+                                                  / np.where(spread > 0, spread, 1.0), 1.0)
+            return cell_scores(grid, hits, pair_factor=spec.pair_factor)
+        # Borda: c - r + 1 points at rank r; (c - n + 1) / 2 for each candidate a run of n hits lacks.
+        candidates = grid.candidates().astype(np.float64)[:, None]
+        hits = np.empty((len(grid.qids), sum(grid.widths)))
+        shared = []
+        for side, run in zip(sides, (sparse, dense), strict=True):
+            hits[:, columns[side]] = candidates - np.arange(grid.widths[side]) + 0.0
+            lengths = np.zeros(len(grid.qids))
+            lengths[side_rows(grid, run)] = np.diff(run.offsets)
+            shared.append((candidates - lengths[:, None] + 1) / 2)
+        return cell_scores(grid, hits, (shared[0], shared[1]))
+
+    return score
 
 
 @dataclass
 class Inputs:
-    """Both runs ready for one method's trectools calls."""
+    """Both runs of a job, encoded over one sorted docid vocabulary, each query's hits in rank order."""
 
-    qids: np.ndarray  # (Q,) object: every query of either run, the sparse run's first
-    vocabulary: np.ndarray  # sorted docids: codes index it
-    sides: tuple[Side, Side]  # sparse, dense
-
-
-def prepare(sparse: pd.DataFrame, dense: pd.DataFrame, method: str) -> Inputs:
-    """Both runs (columns qid, docid, score, as read_run_frame reads them) ranked, with what `method` fuses."""
-    inputs = METHODS[method].inputs
-    arrays = encode_runs(sparse, dense)
-    vocabulary = arrays[2]
-    qids = np.asarray(list(dict.fromkeys([*arrays[0].qids, *arrays[1].qids])), dtype=object)
-    row_of = {qid: row for row, qid in enumerate(qids)}
-    sides = []
-    for side, run in enumerate(arrays[:2]):
-        rows = np.repeat(np.array([row_of[qid] for qid in run.qids], dtype=np.int64), np.diff(run.offsets))
-        ranked = Side.ranked(rows, run.docids, run.scores, len(qids))
-        check_once(ranked, side, qids, vocabulary)
-        if inputs == "minmax":
-            high, low = ranked.values[ranked.offsets[ranked.rows]], ranked.values[ranked.offsets[ranked.rows + 1] - 1]
-            spread = high - low
-            ranked.values = np.where(spread > 0, (ranked.values - low) / np.where(spread > 0, spread, 1.0), 1.0)
-        sides.append(ranked)
-    if inputs == "borda":
-        sides = borda_points(sides, len(qids), len(vocabulary))
-    return Inputs(qids, vocabulary, tuple(sides))
+    sparse: RunArrays
+    dense: RunArrays
+    vocabulary: np.ndarray
+    paths: tuple[Path | str, Path | str] = ("sparse run", "dense run")  # what an error names
 
 
-def check_once(side: Side, which: int, qids: np.ndarray, vocabulary: np.ndarray) -> None:
-    """Refuse a run listing a docid twice for a query (trectools would, naming only a line of its own frame)."""
-    keys = np.sort(side.rows * len(vocabulary) + side.docids)
-    repeated = np.flatnonzero(keys[1:] == keys[:-1])
-    if len(repeated):
-        row, code = divmod(int(keys[repeated[0]]), len(vocabulary))
-        raise RepeatedDocid(which, str(vocabulary[code]), str(qids[row]))
+def read_inputs(sparse: Path, dense: Path) -> Inputs:
+    """Both run files, read and encoded once for every method and grid value of a job."""
+    sparse_run, dense_run, vocabulary = encode_runs(read_run_frame(sparse), read_run_frame(dense))
+    return Inputs(sparse_run.in_rank_order(), dense_run.in_rank_order(), vocabulary, (sparse, dense))
 
 
-def borda_points(sides: list[Side], queries: int, vocabulary_size: int) -> list[Side]:
-    """Each run's Borda points over the query's c candidates: c - r + 1 at rank r, and (c - n + 1) / 2 for each
-    candidate the run's n hits lack (added as hits, so that trectools' CombSUM adds them)."""
-    keys = [side.rows * vocabulary_size + side.docids for side in sides]
-    union = np.unique(np.concatenate(keys))
-    candidates = np.bincount(union // vocabulary_size, minlength=queries)
-    pointed = []
-    for side, side_keys in zip(sides, keys, strict=True):
-        missing = np.setdiff1d(union, side_keys, assume_unique=True)
-        rows = missing // vocabulary_size
-        shared = (candidates - np.diff(side.offsets) + 1) / 2
-        pointed.append(Side.ranked(np.concatenate([side.rows, rows]),
-                                   np.concatenate([side.docids, missing % vocabulary_size]),
-                                   np.concatenate([candidates[side.rows] - side.ranks + 1, shared[rows]]), queries))
-    return pointed
-
-
-def fuse_inputs(inputs: Inputs, method: str, param: float | None = None, hits: int = 1000,
-                block: int = BLOCK) -> RunArrays:
-    """The fused top `hits` of every query (codes into inputs.vocabulary), by trectools `block` queries at a time;
-    equal scores by docid descending."""
-    spec = METHODS[method]
-    if spec.parameter is None and param is not None:
-        raise ValueError(f"{method} takes no parameter (got {param})")
-    value = spec.default if param is None else param
-    rows, docids, scores = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]  # none without queries
-    for start in range(0, len(inputs.qids), block):
-        stop = min(start + block, len(inputs.qids))
-        runs = [side.trec_run(start, stop, name) for side, name in zip(inputs.sides, ("sparse", "dense"), strict=True)]
-        fused = spec.call(runs, value).run_data
-        rows.append(fused["query"].astype(np.int64).to_numpy())
-        docids.append(fused["docid"].astype(np.int64).to_numpy())
-        scores.append(fused["score"].to_numpy(dtype=np.float64))
-    ranked = Side.ranked(*(np.concatenate(parts) for parts in (rows, docids, scores)), len(inputs.qids))
-    kept = ranked.ranks <= hits
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(ranked.rows[kept], minlength=len(inputs.qids)))])
-    return RunArrays(inputs.qids, offsets, ranked.docids[kept], ranked.values[kept])
-
-
-def fused_frame(fused: RunArrays, vocabulary: np.ndarray) -> pd.DataFrame:
-    """A fused run as columns qid, docid, score, in rank order."""
-    return pd.DataFrame({"qid": np.repeat(fused.qids, np.diff(fused.offsets)), "docid": vocabulary[fused.docids],
-                         "score": fused.scores})
+def fuse_inputs(inputs: Inputs, settings: list[tuple[str, float | None]], hits: int = 1000) -> list[RunArrays]:
+    """The fused top `hits` of every query for each (method, parameter value) of `settings`, one pass over the
+    runs; a docid listed twice for a query is refused naming its run."""
+    try:
+        return fuse_blocks(inputs.sparse, inputs.dense, inputs.vocabulary, hits,
+                           [method_scorer(method, value) for method, value in settings])
+    except RepeatedDocid as err:
+        raise InputFormatError(inputs.paths[err.side], None, "each docid once per query", str(err)) from None
 
 
 def fuse_frames(sparse: pd.DataFrame, dense: pd.DataFrame, method: str, param: float | None = None,
-                hits: int = 1000) -> pd.DataFrame:
-    """Fuse two runs held as frames (qid, docid, score); the fused run in rank order, in the same columns."""
-    inputs = prepare(sparse, dense, method)
-    return fused_frame(fuse_inputs(inputs, method, param, hits), inputs.vocabulary)
-
-
-Frames = tuple[pd.DataFrame, pd.DataFrame]
-
-
-def read_inputs(sparse_path: Path, dense_path: Path, method: str, frames: Frames | None = None) -> Inputs:
-    """prepare() for two run files (or `frames`, the two already read from them); a docid listed twice for a
-    query is refused naming its file."""
-    try:
-        return prepare(*(frames or (read_run_frame(sparse_path), read_run_frame(dense_path))), method)
-    except RepeatedDocid as err:
-        raise InputFormatError((sparse_path, dense_path)[err.side], None, "each docid once per query",
-                               str(err)) from None
-
-
-def fuse_runs(sparse_path: Path, dense_path: Path, run_path: Path, method: str, param: float | None = None,
-              hits: int = 1000, tag: str | None = None, frames: Frames | None = None) -> dict:
-    """Fuse two run files into a third (exact scores); returns what was done and how long fusing took. `frames`:
-    both runs as read_run_frame read them, when several methods fuse them."""
-    started = time.perf_counter()
-    inputs = read_inputs(sparse_path, dense_path, method, frames)
-    fused = fuse_inputs(inputs, method, param, hits)
-    seconds = time.perf_counter() - started
-    lengths = np.diff(fused.offsets)
-    frame = fused_frame(fused, inputs.vocabulary)
-    frame.insert(1, "q0", "Q0")
-    frame.insert(3, "rank", np.arange(len(frame)) - np.repeat(fused.offsets[:-1], lengths) + 1)
-    frame["tag"] = tag or method
-    with atomic_output(run_path) as out:
-        frame.to_csv(out, sep=" ", header=False, index=False, float_format="%.17g", lineterminator="\n")
-    return {"method": method, "param": METHODS[method].default if param is None else param,
-            "queries": int((lengths > 0).sum()), "seconds": round(seconds, 3)}
+                hits: int = 1000) -> list[tuple[str, str, float]]:
+    """One method over two runs held as frames (columns qid, docid, score): (qid, docid, score) in rank order."""
+    sparse_run, dense_run, vocabulary = encode_runs(sparse, dense)
+    fused = fuse_inputs(Inputs(sparse_run.in_rank_order(), dense_run.in_rank_order(), vocabulary),
+                        [(method, param)], hits)[0]
+    qids = np.repeat(fused.qids, np.diff(fused.offsets)).tolist()
+    return list(zip(qids, vocabulary[fused.docids].tolist(), fused.scores.tolist(), strict=True))
 
 
 def as_run(fused: RunArrays, vocabulary: np.ndarray) -> Run:
@@ -253,28 +178,63 @@ def as_run(fused: RunArrays, vocabulary: np.ndarray) -> Run:
             for qid, lo, hi in zip(fused.qids, fused.offsets[:-1], fused.offsets[1:], strict=True)}
 
 
-def tune_method(sparse_path: Path, dense_path: Path, qrels_path: Path, method: str, curve_path: Path,
-                choice_path: Path, measure: str = "RR@10", grid: tuple[float, ...] | None = None,
-                hits: int = 1000, frames: Frames | None = None) -> dict:
-    """Score `method` at each value of its parameter's grid on `measure` (an ir_measures name, trec_eval's
-    semantics through pipeline.evaluate); write the curve and the choice (ties go to the first grid value)."""
-    spec = METHODS[method]
-    if spec.parameter is None:
-        raise ValueError(f"{method} has no parameter to tune")
-    grid = tuple(grid or spec.grid)
+def sweep(inputs: Inputs, qrels: dict, measure: str, grids: dict[str, tuple[float, ...]],
+          hits: int = 1000) -> dict[str, list[float]]:
+    """The mean of `measure` (an ir_measures name, trec_eval's semantics through pipeline.evaluate) at every value
+    of each method's grid, all from one pass over the runs; each value keeps only the top the measure reads."""
+    import ir_measures  # here, not at the top: the workflow imports METHODS when it parses its rules
+
+    from pipeline.evaluate import MEAN_ROW, score_run
+
     cutoff = ir_measures.parse_measure(measure).params.get("cutoff")
-    depth = min(cutoff or hits, hits)  # the measure sees no further than its cutoff: keep no more
+    settings = [(method, value) for method, grid in grids.items() for value in grid]
+    fused = iter(fuse_inputs(inputs, settings, min(cutoff or hits, hits)))
+    return {method: [score_run(as_run(next(fused), inputs.vocabulary), qrels, [measure])[MEAN_ROW][measure]
+                     for _ in grid] for method, grid in grids.items()}
+
+
+def tune_methods(sparse: Path, dense: Path, qrels_path: Path, outputs: dict[str, tuple[Path, Path]],
+                 measure: str = "RR@10", grid: tuple[float, ...] | None = None, hits: int = 1000) -> dict[str, dict]:
+    """Grid search of each method's parameter on `measure`; `outputs` maps a method to its (curve, choice) files.
+    Ties go to the first grid value. Returns the choices."""
+    from pipeline.io import read_qrels
+    from pipeline.tune_alpha import write_sweep
+
+    unknown = [method for method in outputs if METHODS[method].parameter is None]
+    if unknown:
+        raise ValueError(f"{unknown[0]} has no parameter to tune")
+    grids = {method: tuple(grid or METHODS[method].grid) for method in outputs}
     qrels = read_qrels(qrels_path)
-    inputs = read_inputs(sparse_path, dense_path, method, frames)
+    inputs = read_inputs(sparse, dense)
     started = time.perf_counter()
-    curve = [score_run(as_run(fuse_inputs(inputs, method, value, depth), inputs.vocabulary), qrels,
-                       [measure])[MEAN_ROW][measure] for value in grid]
-    seconds = time.perf_counter() - started
-    best = int(np.argmax(curve))
-    choice = {"method": method, "parameter": spec.parameter, "value": grid[best], "measure": measure,
-              measure: curve[best], "queries": len(qrels), "grid": list(grid), "sweep_seconds": round(seconds, 3)}
-    write_sweep(curve_path, choice_path, spec.parameter, [f"{value:g}" for value in grid], curve, choice)
-    return choice
+    curves = sweep(inputs, qrels, measure, grids, hits)
+    seconds = round(time.perf_counter() - started, 3)
+    choices = {}
+    for method, (curve_path, choice_path) in outputs.items():
+        curve, values, parameter = curves[method], grids[method], METHODS[method].parameter
+        best = int(np.argmax(curve))
+        choices[method] = {"method": method, "parameter": parameter, "value": values[best], "measure": measure,
+                           measure: curve[best], "queries": len(qrels), "grid": list(values),
+                           "sweep_seconds": seconds}
+        write_sweep(curve_path, choice_path, parameter, [f"{value:g}" for value in values], curve, choices[method])
+    return choices
+
+
+def fuse_runs(sparse: Path, dense: Path, outputs: dict[str, Path], params: dict[str, float] | None = None,
+              hits: int = 1000, tag: str | None = None) -> dict[str, dict]:
+    """Fuse two run files by each method of `outputs` (method -> fused run file) at its `params` value (default:
+    trectools'); returns per method its parameter, the queries fused and how long fusing took."""
+    params = params or {}
+    inputs = read_inputs(sparse, dense)
+    started = time.perf_counter()
+    fused = fuse_inputs(inputs, [(method, params.get(method)) for method in outputs], hits)
+    seconds = round(time.perf_counter() - started, 3)
+    records = {}
+    for (method, path), run in zip(outputs.items(), fused, strict=True):
+        write_run_arrays(path, run, inputs.vocabulary, tag or method, exact=True)
+        records[method] = {"method": method, "param": params.get(method, METHODS[method].default),
+                           "queries": int((np.diff(run.offsets) > 0).sum()), "seconds": seconds}
+    return records
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -304,26 +264,26 @@ def main(argv: list[str] | None = None) -> None:
     if any(len(paths) != len(args.method) for paths in outputs):
         parser.error("give one output file per --method, in the same order")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    frames = read_run_frame(args.sparse), read_run_frame(args.dense)  # once, for every method
     if args.command == "tune":
-        for method, curve, choice_path in zip(args.method, args.curve, args.choice, strict=True):
-            choice = tune_method(args.sparse, args.dense, args.qrels, method, curve, choice_path, args.measure,
-                                 args.grid, args.hits, frames)
-            log.info("%s: %s %g (%s %.4f over %d queries; sweep %.1f s)", method, choice["parameter"],
+        choices = tune_methods(args.sparse, args.dense, args.qrels, {
+            method: (curve, choice) for method, curve, choice in zip(args.method, args.curve, args.choice,
+                                                                     strict=True)}, args.measure, args.grid, args.hits)
+        for method, choice in choices.items():
+            log.info("%s: %s %g (%s %.4f over %d queries; every sweep %.1f s)", method, choice["parameter"],
                      choice["value"], args.measure, choice[args.measure], choice["queries"], choice["sweep_seconds"])
         return
     if args.param is not None and len(args.method) > 1:
         parser.error("--param sets one method's parameter: give --param-file for several")
-    chosen = {}
+    chosen = {args.method[0]: args.param} if args.param is not None else {}
     for path in args.param_file:
         record = json.loads(path.read_text())
         if record.get("method") not in args.method:
             raise ValueError(f"{path}: tuned for {record.get('method')!r}, not one of {args.method}")
         chosen[record["method"]] = record["value"]
-    for method, run in zip(args.method, args.run, strict=True):
-        record = fuse_runs(args.sparse, args.dense, run, method, chosen.get(method, args.param), args.hits, args.tag,
-                           frames)
-        log.info("fused %d queries by %s (%s) in %.1f s", record["queries"], method,
+    records = fuse_runs(args.sparse, args.dense, dict(zip(args.method, args.run, strict=True)), chosen, args.hits,
+                        args.tag)
+    for record in records.values():
+        log.info("fused %d queries by %s (%s); every method %.1f s", record["queries"], record["method"],
                  record["param"], record["seconds"])
 
 

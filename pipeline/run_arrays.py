@@ -15,6 +15,8 @@ import pandas as pd
 
 from pipeline.io import InputFormatError, Run, atomic_output, check_run_lines
 
+LINES_PER_WRITE = 1_000_000
+
 
 @dataclass
 class RunArrays:
@@ -38,6 +40,18 @@ class RunArrays:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         entries = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - self.offsets[rows], lengths)
         return RunArrays(self.qids[rows], offsets, self.docids[entries], self.scores[entries])
+
+    def in_rank_order(self) -> RunArrays:
+        """Each query's hits in trec_eval's order: score descending, then docid descending (codes ascend as the
+        docids' strings do). A run already in that order, as the pipeline writes them, is returned as it is."""
+        query = np.repeat(np.arange(len(self.qids)), np.diff(self.offsets))
+        same_query = query[1:] == query[:-1]
+        ahead = (self.scores[:-1] > self.scores[1:]) | (
+            (self.scores[:-1] == self.scores[1:]) & (self.docids[:-1] > self.docids[1:]))
+        if (ahead | ~same_query).all():
+            return self
+        order = np.lexsort((-self.docids, -self.scores, query))
+        return RunArrays(self.qids, self.offsets, self.docids[order], self.scores[order])
 
     @staticmethod
     def concatenate(parts: list[RunArrays]) -> RunArrays:
@@ -97,11 +111,20 @@ def docid_codes(vocabulary: np.ndarray, docids: list[str]) -> np.ndarray:
     return positions[found]
 
 
-def write_run_arrays(path: Path, run: RunArrays, vocabulary: np.ndarray, tag: str) -> None:
-    """A TREC run file, written in one go (same format as pipeline.io.write_run), atomically."""
+def write_run_arrays(path: Path, run: RunArrays, vocabulary: np.ndarray, tag: str, exact: bool = False) -> None:
+    """A TREC run file in the format of pipeline.io.write_run (scores with 6 decimals), written atomically.
+    `exact` writes each score's shortest exact form instead, where 6 decimals would tie what a fusion ranked apart.
+    Lines are formatted by f-strings, a million at a time: 2-3x faster than DataFrame.to_csv's float_format."""
     lengths = np.diff(run.offsets)
-    ranks = np.arange(len(run.docids)) - np.repeat(run.offsets[:-1], lengths) + 1
-    frame = pd.DataFrame({"qid": np.repeat(run.qids, lengths), "q0": "Q0", "docid": vocabulary[run.docids],
-                          "rank": ranks, "score": run.scores, "tag": tag})
+    qids = np.repeat(run.qids, lengths).tolist()
+    ranks = (np.arange(len(run.docids)) - np.repeat(run.offsets[:-1], lengths) + 1).tolist()
+    docids = vocabulary[run.docids].tolist()
+    scores = run.scores.tolist()
     with atomic_output(path) as out:
-        frame.to_csv(out, sep=" ", header=False, index=False, float_format="%.6f", lineterminator="\n")
+        for start in range(0, len(scores), LINES_PER_WRITE):
+            rows = zip(qids[start:start + LINES_PER_WRITE], docids[start:start + LINES_PER_WRITE],
+                       ranks[start:start + LINES_PER_WRITE], scores[start:start + LINES_PER_WRITE], strict=True)
+            if exact:
+                out.write("".join([f"{qid} Q0 {docid} {rank} {score!r} {tag}\n" for qid, docid, rank, score in rows]))
+            else:
+                out.write("".join([f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n" for qid, docid, rank, score in rows]))

@@ -292,7 +292,8 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
         depth, p = spec["coverage"]["depth"], spec["coverage"]["p"]
         notes.append(f"Judged@{depth}: the fraction of each query's top {depth} with a judgement of any grade, "
                      f"averaged over queries. RBP(p={p:g}) `value + residual`: rank-biased precision over binary "
-                     "relevance, and its residual, what the unjudged documents could add to it at most (trectools).")
+                     "relevance, and its residual, what the documents of unknown relevance could add to it at most "
+                     "(the unjudged ones retrieved, and everything past the end of a short list: Moffat & Zobel).")
     if spec.get("show_paper"):
         notes += [f"{row['name']}: reference figures from {row['reference']}." for row in spec["rows"]
                   if row.get("reference")]
@@ -324,8 +325,8 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
             notes = [f"`*`: paired two-sided t-test over queries against {EQ7} of the same hybrid, Holm-Bonferroni "
                      f"adjusted p < 0.05; each column's tests form one family ({len(fusions['pairs']) * len(others)} "
                      f"comparisons: every hybrid x every method but {EQ7}). p_holm: the adjusted p of the first "
-                     "column.", notes[0] + f" All but {EQ7} are fused by trectools (CombSUM/MNZ and Borda by its "
-                     "combos)."]
+                     "column.", notes[0] + f" All but {EQ7} score as trectools' fusion module does (CombSUM/MNZ and "
+                     "Borda as its combos), checked against it."]
         _write(Path(out_dir) / "table5_fusion.tsv", "Table 5 - fusion methods", header, rows, notes)
 
 

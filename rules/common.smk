@@ -33,7 +33,7 @@ PUBLISHED = config["dense"]["published"]
 CANDIDATES = config["rerank"]["candidates"]
 D2Q = config["doc2query"]
 DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
-FUSIONS = [method for method in config["fusion"]["methods"] if method != "eq7"]  # Table 5's, by trectools
+FUSIONS = [method for method in config["fusion"]["methods"] if method != "eq7"]  # Table 5's (pipeline.fusion_methods)
 TUNED_FUSIONS = [method for method in FUSIONS if TRECTOOLS_FUSIONS[method].parameter]
 COVERAGE = config["evaluation"]["coverage"]
 ROUNDS = config["negatives"]["rounds"]  # hard-negative rounds, in order

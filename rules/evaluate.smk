@@ -1,5 +1,5 @@
 # evaluate: trec_eval measures (through pytrec_eval) per query and mean, for any run and split; coverage:
-# how much of a run the judgements cover (Judged@k, RBP + residual, by trectools) on evaluation.coverage.splits.
+# how much of a run the judgements cover (Judged@k, RBP + residual; pipeline.coverage) on evaluation.coverage.splits.
 
 
 rule evaluate:

@@ -84,9 +84,9 @@ rule fuse:
         " --tag {wildcards.model:q}+{wildcards.sparse:q} > {log:q} 2>&1"
 
 
-# Table 5: the fusion methods of fusion.methods beside Eq. 7, by trectools (pipeline.fusion_methods). One job
-# tunes every method with a parameter (RRF's k, RBP's p) on the tuning split, as tune_alpha tunes alpha; one job
-# per split fuses by every method, reading both runs once.
+# Table 5: the fusion methods of fusion.methods beside Eq. 7 (pipeline.fusion_methods: trectools' semantics in
+# array code). One job sweeps every method with a parameter (RRF's k, RBP's p) on the tuning split, as tune_alpha
+# tunes alpha; one job per split fuses by every method. Each reads both runs once.
 
 
 rule tune_fusion_methods:

@@ -1,14 +1,18 @@
-"""trectools' fusion methods on hand-computed examples: the fused order and scores are written out literally, so
-that a trectools version whose semantics differ fails here."""
+"""The fusion methods (pipeline.fusion_methods) on hand-computed examples, whose fused order and scores are written
+out literally, and against trectools itself (tests/trectools_oracle.py) on random runs with ties, queries missing
+from one run, short lists, one-hit queries and lists past trectools' depth of 1000."""
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import fusion
 from pipeline.evaluate import score_run
-from pipeline.fusion_methods import fuse_frames, fuse_inputs, fuse_runs, main, prepare, tune_method
+from pipeline.fusion_methods import DEPTH, METHODS, fuse_frames, fuse_runs, main, tune_methods
 from pipeline.io import InputFormatError, read_run, write_qrels, write_run
+from tests import trectools_oracle
 
 # q1: sparse ranks a, c, b, d (b and c tie at 2.0: trec_eval's order puts the larger docid, c, first); dense ranks
 # b, e, a. e is only in the dense run, c and d only in the sparse one.
@@ -114,25 +118,84 @@ def frame(rows):
 def test_hand_computed(method, param):
     fused = fuse_frames(frame(SPARSE), frame(DENSE), method, param)
     expected = EXPECTED[method, param]
-    assert [(q, d) for q, d, _ in fused.itertuples(index=False)] == [(q, d) for q, d, _ in expected]
-    assert fused["score"].tolist() == pytest.approx([s for _, _, s in expected], rel=1e-12, abs=1e-15)
+    assert [(q, d) for q, d, _ in fused] == [(q, d) for q, d, _ in expected]
+    assert [s for _, _, s in fused] == pytest.approx([s for _, _, s in expected], rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.parametrize("method", ["rrf", "combmnz", "borda"])
-def test_blocks_and_cut(method):
-    """Fusing one query per trectools call gives the same run; `hits` keeps each query's top, in that order."""
-    inputs = prepare(frame(SPARSE), frame(DENSE), method)
-    whole, single = fuse_inputs(inputs, method), fuse_inputs(inputs, method, block=1)
-    assert whole.docids.tolist() == single.docids.tolist() and whole.scores.tolist() == single.scores.tolist()
+def test_blocks_and_cut(method, monkeypatch):
+    """Fusing one query per block gives the same run; `hits` keeps each query's top, in that order."""
+    whole = fuse_frames(frame(SPARSE), frame(DENSE), method)
+    monkeypatch.setattr(fusion, "BLOCK", 1)
+    assert fuse_frames(frame(SPARSE), frame(DENSE), method) == whole
     top = fuse_frames(frame(SPARSE), frame(DENSE), method, hits=2)
     expected = frame(EXPECTED[method, 60 if method == "rrf" else None]).groupby("qid").head(2)
-    assert top[["qid", "docid"]].values.tolist() == expected[["qid", "docid"]].values.tolist()
+    assert [(q, d) for q, d, _ in top] == list(expected[["qid", "docid"]].itertuples(index=False, name=None))
+
+
+def random_runs(seed: int, queries: int = 60, depth: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two runs over a shared pool with scores on a coarse grid (many ties, within and across runs), ragged
+    lengths (one-hit queries among them), queries that only one run has, and hits listed out of rank order."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for side in range(2):
+        rows = []
+        for q in range(queries):
+            if (q % 7 == 3 and side == 0) or (q % 11 == 5 and side == 1):
+                continue  # this run lacks the query
+            n = 1 if q % 5 == 0 else int(rng.integers(2, depth + 1))
+            docs = rng.choice(2 * depth, n, replace=False)
+            scores = np.round(rng.normal(size=n) * 2) / 2 + (5.0 if side else 10.0)
+            rows += [(f"q{q}", f"d{doc}", float(score)) for doc, score in zip(docs, scores, strict=True)]
+        frames.append(pd.DataFrame(rows, columns=["qid", "docid", "score"]).sample(frac=1.0, random_state=seed))
+    return frames[0], frames[1]
+
+
+def by_query(rows) -> dict[str, list[tuple[str, float]]]:
+    fused: dict[str, list[tuple[str, float]]] = {}
+    for qid, docid, score in rows:
+        fused.setdefault(qid, []).append((docid, score))
+    return fused
+
+
+ORACLE_CASES = [("rrf", 60), ("rrf", 1), ("rrf", 17.5), ("rbp", 0.8), ("rbp", 0.5), ("rbp", 0.99),
+                ("combsum", None), ("combmnz", None), ("borda", None)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("method", "value"), ORACLE_CASES)
+def test_equals_trectools(method, value, seed):
+    """The same ranking as trectools' scores give (ties by docid descending) and bit-identical scores."""
+    sparse, dense = random_runs(seed)
+    ours = by_query(fuse_frames(sparse, dense, method, value, hits=10**6))
+    theirs = trectools_oracle.fuse(sparse, dense, method, value)
+    theirs = by_query(theirs.itertuples(index=False, name=None))
+    assert sorted(ours) == sorted(theirs)
+    for qid, hits in theirs.items():
+        assert [docid for docid, _ in ours[qid]] == [docid for docid, _ in hits], (qid, method, value)
+        assert [score for _, score in ours[qid]] == [score for _, score in hits], (qid, method, value)
+
+
+@pytest.mark.parametrize(("method", "value"), [("rrf", 60), ("rbp", 0.9), ("combsum", None)])
+def test_depth_past_1000_as_trectools(method, value):
+    """rrf and rbp read each run's top 1000 only (a document both runs rank lower is no candidate); combos reads
+    all of it."""
+    rng = np.random.default_rng(3)
+    sparse = pd.DataFrame({"qid": "q", "docid": [f"d{i}" for i in rng.permutation(DEPTH + 150)],
+                           "score": np.arange(DEPTH + 150, 0, -1, dtype=float)})
+    dense = pd.DataFrame({"qid": "q", "docid": [f"d{i}" for i in rng.permutation(DEPTH + 150)[:DEPTH + 40]],
+                          "score": np.arange(DEPTH + 40, 0, -1, dtype=float)})
+    ours = fuse_frames(sparse, dense, method, value, hits=10**6)
+    theirs = trectools_oracle.fuse(sparse, dense, method, value)
+    assert [(d, s) for _, d, s in ours] == list(zip(theirs["docid"], theirs["score"], strict=True))
+    assert (len(ours) < DEPTH + 150) == (METHODS[method].hits == "rank")
 
 
 def test_run_file_exact_scores_and_refusals(tmp_path):
     write_run(tmp_path / "s.trec", {q: [(d, s) for qq, d, s in SPARSE if qq == q] for q in ("q1", "q2")}, "s")
     write_run(tmp_path / "d.trec", {q: [(d, s) for qq, d, s in DENSE if qq == q] for q in ("q1", "q2", "q3")}, "d")
-    record = fuse_runs(tmp_path / "s.trec", tmp_path / "d.trec", tmp_path / "f.trec", "rbp", 0.5, tag="x")
+    record = fuse_runs(tmp_path / "s.trec", tmp_path / "d.trec", {"rbp": tmp_path / "f.trec"}, {"rbp": 0.5},
+                       tag="x")["rbp"]
     assert record["queries"] == 3 and record["param"] == 0.5
     lines = (tmp_path / "f.trec").read_text().splitlines()
     assert lines[:2] == ["q1 Q0 b 1 0.625 x", "q1 Q0 a 2 0.625 x"] and lines[-1] == "q3 Q0 m 2 0.25 x"
@@ -152,10 +215,10 @@ def test_run_file_exact_scores_and_refusals(tmp_path):
     assert read_run(tmp_path / "rrf2.trec") == read_run(tmp_path / "rrf.trec")
     assert read_run(tmp_path / "sum.trec")["q1"]["a"] == 1.0 + 0.0  # sparse max (1) + dense min (0), min-max
     with pytest.raises(ValueError, match="takes no parameter"):
-        fuse_runs(tmp_path / "s.trec", tmp_path / "d.trec", tmp_path / "f.trec", "borda", 3)
+        fuse_runs(tmp_path / "s.trec", tmp_path / "d.trec", {"borda": tmp_path / "f.trec"}, {"borda": 3})
     (tmp_path / "dup.trec").write_text("q1 Q0 a 1 2.0 s\nq1 Q0 b 2 1.5 s\nq1 Q0 a 3 1.0 s\n")
     with pytest.raises(InputFormatError, match=r"dup\.trec.*docid a twice for query q1"):
-        fuse_runs(tmp_path / "s.trec", tmp_path / "dup.trec", tmp_path / "f.trec", "rrf")
+        fuse_runs(tmp_path / "s.trec", tmp_path / "dup.trec", {"rrf": tmp_path / "f.trec"})
 
 
 def tuning_example(tmp_path, relevant: str):
@@ -178,8 +241,8 @@ def tuning_example(tmp_path, relevant: str):
     ("rbp", (0.5, 0.9), "y", (1 / 3, 1.0))])
 def test_tuning_picks_the_best(tmp_path, method, grid, relevant, curve):
     tuning_example(tmp_path, relevant)
-    choice = tune_method(tmp_path / "s.trec", tmp_path / "d.trec", tmp_path / "qrels.txt", method,
-                         tmp_path / "curve.tsv", tmp_path / "choice.json", "RR@10", grid)
+    choice = tune_methods(tmp_path / "s.trec", tmp_path / "d.trec", tmp_path / "qrels.txt",
+                          {method: (tmp_path / "curve.tsv", tmp_path / "choice.json")}, "RR@10", grid)[method]
     assert choice["value"] == grid[curve.index(1.0)] and choice["RR@10"] == 1.0
     assert json.loads((tmp_path / "choice.json").read_text()) == choice
     assert (tmp_path / "curve.tsv").read_text().splitlines() == [f"{choice['parameter']}\tRR@10"] + [
@@ -196,7 +259,7 @@ def test_curve_equals_evaluating_the_fused_file(tmp_path):
     assert json.loads((tmp_path / "choice.json").read_text())["value"] == 3  # k 3 and 1 both rank Y first: the first
     for line in (tmp_path / "curve.tsv").read_text().splitlines()[1:]:
         k, value = line.split("\t")
-        fuse_runs(tmp_path / "s.trec", tmp_path / "d.trec", tmp_path / "f.trec", "rrf", float(k))
+        fuse_runs(tmp_path / "s.trec", tmp_path / "d.trec", {"rrf": tmp_path / "f.trec"}, {"rrf": float(k)})
         evaluated = score_run(read_run(tmp_path / "f.trec"), qrels, ["nDCG@2"])["all"]["nDCG@2"]
         assert float(value) == pytest.approx(evaluated, abs=1e-6), k
     main(["fuse", "--method", "rrf", "--param-file", str(tmp_path / "choice.json"), "--sparse",

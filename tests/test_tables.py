@@ -152,7 +152,8 @@ def test_table2_stages_devices_and_index_sizes(tmp_path):
 
 def test_table1_coverage_columns(results):
     # bm25's file as pipeline.coverage writes it (hand-computed: each query's top 2 has one judged document, its
-    # relevant one at rank 1 (RBP 0.2) or 2 (0.16), the unjudged one at the other rank); "other"'s written by hand,
+    # relevant one at rank 1 (RBP 0.2) or 2 (0.16), the unjudged one at the other rank, and nothing known past
+    # rank 2: the residual gains 0.8 ** 2 = 0.64); "other"'s written by hand,
     # with a query row unlike the mean and RBP unlike its residual.
     coverage.main(["--run", str(results / "runs" / "bm25.dev.trec"), "--qrels", str(results / "qrels.txt"),
                    "--out", str(results / "coverage" / "bm25.dev.tsv")])
@@ -163,7 +164,7 @@ def test_table1_coverage_columns(results):
     assert header[:6] == ["method", "dev/RR@10", "dl/nDCG@10", "dev/Judged@10", "dev/RBP(p=0.8)", "latency_ms"]
     assert "paper dev/Judged@10" not in header and "diff dev/RBP(p=0.8)" not in header
     bm25, other = (dict(zip(header, row, strict=True)) for row in rows)
-    assert (bm25["dev/Judged@10"], bm25["dev/RBP(p=0.8)"]) == ("0.5000", "0.1800 + 0.1800")
+    assert (bm25["dev/Judged@10"], bm25["dev/RBP(p=0.8)"]) == ("0.5000", "0.1800 + 0.8200")
     assert (other["dev/Judged@10"], other["dev/RBP(p=0.8)"]) == ("0.4231", "0.4231 + 0.1020")
     assert bm25["paper dev/RR@10"] == "0.184" and bm25["diff dev/RR@10"] == "0.5660"
     write_tables(spec, results, results)

@@ -55,8 +55,8 @@ def test_paper_config_dag_lists_every_stage(workdir):
     stages = ("prepare_data", "bm25_index", "bm25_run", "train_teacher", "train_student", "encode_corpus",
               "build_index", "encode_queries", "dense_run", "encode_tokens", "colbert_rerank", "dense_rerank",
               "colbert_index", "colbert_retrieve", "candidate_run",
-              "sample_queries", "tune_alpha", "fuse", "evaluate", "coverage", "tables", "report",
-              "doc2query_download", "expand_collection", "mine_round", "train_round_teacher")
+              "sample_queries", "tune_alpha", "fuse", "tune_fusion_methods", "fuse_methods", "evaluate", "coverage",
+              "tables", "report", "doc2query_download", "expand_collection", "mine_round", "train_round_teacher")
     listed = result.stdout.split("Job stats:")[-1]
     assert [rule for rule in stages if rule not in listed] == []
     assert "mine_negatives" not in result.stdout  # MS MARCO ships official triples

@@ -35,7 +35,7 @@ def test_paper_config_resolves_to_the_paper_settings():
     assert config["report"] == {"split": "dev", "measure": "RR@10", "scatter": ["bm25", "tct_inbatch"]}
     assert list(config["table1"]["rows"])[:2] == ["BM25", "doc2query-T5"] and len(config["table1"]["rows"]) == 14
     assert config["evaluation"]["coverage"]["splits"] == ["dl19"]  # auto: Table 1's TREC DL split
-    assert config["fusion"]["methods"] == ["eq7"]
+    assert config["fusion"]["methods"] == ["eq7", "rrf", "rbp", "combsum", "combmnz", "borda"]  # Table 5
 
 
 def test_null_removes_inherited_entries_and_tables():
@@ -112,7 +112,7 @@ def test_coverage_splits_and_fusion_method_runs():
                                     "report": {"scatter": ["tct_inbatch+bm25", "tct_inbatch+bm25@rrf"]}})
     assert config["evaluation"]["coverage"]["splits"] == ["test"]
     with pytest.raises(ConfigReferenceError, match="names run 'tct_inbatch\\+bm25@rbp', which no rule produces"):
-        merged({"report": {"scatter": ["bm25", "tct_inbatch+bm25@rbp"]}})  # rbp is not in fusion.methods
+        merged({"fusion": {"methods": ["eq7", "rrf"]}, "report": {"scatter": ["bm25", "tct_inbatch+bm25@rbp"]}})
     with pytest.raises(ConfigReferenceError, match=r"evaluation\.coverage\.splits is 'dl20', not one of"):
         merged({"evaluation": {"coverage": {"splits": ["dl20"]}}})
     paper = copy.deepcopy(PAPER)

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Rules call `python -m pipeline.<stage>`: the venv's python must come first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test lint clean-demo scifact check-gpu
+.PHONY: install demo demo-full test lint clean-demo scifact check-gpu
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ demo: $(STAMP)
 	$(BIN)/snakemake --profile profiles/demo
 	@cat results/table1.md
 
+# The demo plus Table 3 (triplet distillation), Table 5 (every fusion method) and the HN / HN+ rounds; it reuses
+# every job `make demo` ran.
+demo-full: $(STAMP)
+	$(BIN)/snakemake --profile profiles/demo-full
+	@cat results/table1.md results/table3_ablation.md results/table5_fusion.md
+
 # Real data: BEIR SciFact from ../shared/data, MiniLM, every distillation strategy (Table 4); run time per CPU: README, "On real data".
 scifact: $(STAMP)
 	$(BIN)/snakemake --profile profiles/scifact
@@ -33,7 +39,7 @@ scifact: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check --no-cache pipeline tests benchmarks
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 # The GPU paths (precision auto, fp16 with loss scaling, GPU encoding, faiss-gpu search against the CPU's) on a
 # CUDA machine, in under 5 minutes; without a GPU it says so and exits 0. faiss-gpu: `make FAISS=gpu install`.
@@ -45,7 +51,7 @@ check-gpu: $(STAMP)
 # SIGINT on time-out: pytest then runs the fixture that stops the daemons it started.
 .PHONY: test-cluster
 test-cluster: $(STAMP)
-	PIPELINE_SLURM=1 timeout -s INT -k 120 3000 $(BIN)/python -m pytest -q -ra -s tests/cluster
+	PIPELINE_SLURM=1 timeout -s INT -k 120 3000 $(BIN)/python -m pytest -q -ra -s --durations=20 tests/cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache pipeline tests benchmarks

@@ -25,7 +25,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +104,6 @@ def main() -> None:
     oracle_qids = list(qrels)[:args.oracle_queries]
     by_query = [dict(tuple(frame.groupby("qid", sort=False))) for frame in frames]
     per_query, largest, same_order = {}, 0.0, True
-    warnings.simplefilter("ignore")  # trectools' combos sorts in place, which pandas deprecates
     for method_index, method in enumerate(METHODS):
         seconds, parts = 0.0, []
         for start in range(0, len(oracle_qids), ORACLE_BLOCK):

@@ -15,7 +15,7 @@ without judgements is left out). Ranks are trec_eval's: score, then docid descen
   for a list of n results (1 for a query the run lacks). trectools (get_rbp) adds p ** rbp_depth whatever the
   list's length, so the two agree for lists of rbp_depth results or more and differ by p ** n - p ** rbp_depth
   for shorter ones (tests/test_coverage.py holds it to trectools 0.0.50 on both counts).
-Everything is array code over the whole run: one sort, and judgements matched by integer keys.
+Everything is array code over the whole run (pipeline.run_arrays), judgements matched by integer keys.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ import pandas as pd
 from pipeline.cli import run_stage
 from pipeline.evaluate import MEAN_ROW
 from pipeline.io import InputFormatError, Qrels, atomic_output, read_qrels
-from pipeline.run_arrays import read_run_frame
+from pipeline.run_arrays import encode_frames, read_run_frame
 
 log = logging.getLogger(__name__)
 
 
-def judgement_keys(qrels: Qrels, qids: list[str], vocabulary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted keys (query row * vocabulary size + docid code) of the judged and of the relevant documents that the
-    run retrieved (others cannot match a hit)."""
-    judged, relevant = [], []
+def judgement_keys(qrels: Qrels, qids: np.ndarray, vocabulary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted keys (row in `qids` * vocabulary size + docid code) of the judged and of the relevant documents that
+    the run retrieved (no others can match a hit)."""
+    judged, relevant = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for row, qid in enumerate(qids):
         docids = np.array(list(qrels[qid]), dtype=str)
         rels = np.array(list(qrels[qid].values()), dtype=np.int64)
@@ -48,8 +48,7 @@ def judgement_keys(qrels: Qrels, qids: list[str], vocabulary: np.ndarray) -> tup
         keys = row * len(vocabulary) + positions[found]
         judged.append(keys)
         relevant.append(keys[rels[found] > 0])
-    return (np.sort(np.concatenate([np.zeros(0, np.int64), *judged])),
-            np.sort(np.concatenate([np.zeros(0, np.int64), *relevant])))
+    return np.sort(np.concatenate(judged)), np.sort(np.concatenate(relevant))
 
 
 def coverage(run: Path | pd.DataFrame, qrels: Path | Qrels, judged_depth: int = 10, p: float = 0.8,
@@ -59,47 +58,41 @@ def coverage(run: Path | pd.DataFrame, qrels: Path | Qrels, judged_depth: int = 
     `run` is a run file or a frame with columns qid, docid, score (pipeline.run_arrays.read_run_frame's)."""
     frame = run if isinstance(run, pd.DataFrame) else read_run_frame(run)
     qrels = qrels if isinstance(qrels, dict) else read_qrels(qrels)
-    qids = list(qrels)
-    row_of = pd.Series(np.arange(len(qids)), index=pd.Index(qids, dtype=object))
-    rows = row_of.reindex(frame["qid"].to_numpy()).to_numpy()
-    unjudged_query = np.isnan(rows)
-    if unjudged_query.any():
+    judged_queries = frame["qid"].isin(list(qrels))
+    if not judged_queries.all():
         log.warning("%d queries of the run have no judgements and are left out",
-                    len(set(frame["qid"].to_numpy()[unjudged_query])))
-    rows = rows[~unjudged_query].astype(np.int64)
-    docids = frame["docid"].to_numpy()[~unjudged_query].astype(str)
-    scores = frame["score"].to_numpy(dtype=np.float64)[~unjudged_query]
-    vocabulary, codes = np.unique(docids, return_inverse=True)
-    keys = rows * len(vocabulary) + codes
-    order = np.lexsort((-codes, -scores, rows))  # trec_eval's order: score, then docid descending
-    keys, rows = keys[order], rows[order]
+                    frame.loc[~judged_queries, "qid"].nunique())
+    (ranked,), vocabulary = encode_frames(frame[judged_queries])
+    ranked = ranked.in_rank_order()
+    lengths = np.diff(ranked.offsets)
+    rows = np.repeat(np.arange(len(ranked.qids)), lengths)
+    keys = rows * len(vocabulary) + ranked.docids
     sorted_keys = np.sort(keys)
-    repeated = np.flatnonzero(np.diff(sorted_keys) == 0)
+    repeated = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
     if len(repeated):
         row, code = divmod(int(sorted_keys[repeated[0]]), len(vocabulary))
         raise InputFormatError("run" if isinstance(run, pd.DataFrame) else run, None, "each docid once per query",
-                               f"{vocabulary[code]} twice for query {qids[row]}")
-    lengths = np.bincount(rows, minlength=len(qids))
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    ranks = np.arange(len(keys)) - starts[rows] + 1
-    judged_keys, relevant_keys = judgement_keys(qrels, qids, vocabulary)
+                               f"{vocabulary[code]} twice for query {ranked.qids[row]}")
+    ranks = np.arange(len(keys)) - ranked.offsets[rows] + 1
+    judged_keys, relevant_keys = judgement_keys(qrels, ranked.qids, vocabulary)
     judged = np.isin(keys, judged_keys)
     relevant = np.isin(keys, relevant_keys)
 
-    top = ranks <= judged_depth
-    results = np.maximum(np.minimum(lengths, judged_depth), 1)
-    judged_at = np.bincount(rows[top & judged], minlength=len(qids)) / results
+    judged_at = (np.bincount(rows[(ranks <= judged_depth) & judged], minlength=len(lengths))
+                 / np.maximum(np.minimum(lengths, judged_depth), 1))
     weights = (1.0 - p) * p ** np.arange(rbp_depth)  # rank r weighs (1 - p) * p ** (r - 1)
     within = ranks <= rbp_depth
     rank_weight = weights[np.minimum(ranks, rbp_depth) - 1]
-    rbp = np.bincount(rows[within & relevant], rank_weight[within & relevant], minlength=len(qids))
+    rbp = np.bincount(rows[within & relevant], rank_weight[within & relevant], minlength=len(lengths))
     unknown = within & ~judged
-    residual = (np.bincount(rows[unknown], rank_weight[unknown], minlength=len(qids))
+    residual = (np.bincount(rows[unknown], rank_weight[unknown], minlength=len(lengths))
                 + p ** np.minimum(lengths, rbp_depth))
     names = (f"judged@{judged_depth}", "rbp", "rbp_residual")
-    table = {qid: dict(zip(names, map(float, values), strict=True))
-             for qid, *values in zip(qids, judged_at, rbp, residual, strict=True)}
-    table[MEAN_ROW] = {name: sum(row[name] for row in table.values()) / max(len(qids), 1) for name in names}
+    retrieved = {qid: dict(zip(names, map(float, values), strict=True))
+                 for qid, *values in zip(ranked.qids, judged_at, rbp, residual, strict=True)}
+    absent = dict(zip(names, (0.0, 0.0, 1.0), strict=True))  # nothing retrieved: everything unknown
+    table = {qid: retrieved.get(qid, absent) for qid in qrels}
+    table[MEAN_ROW] = {name: sum(row[name] for row in table.values()) / max(len(qrels), 1) for name in names}
     return table
 
 

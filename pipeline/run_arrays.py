@@ -43,14 +43,19 @@ class RunArrays:
 
     def in_rank_order(self) -> RunArrays:
         """Each query's hits in trec_eval's order: score descending, then docid descending (codes ascend as the
-        docids' strings do). A run already in that order, as the pipeline writes them, is returned as it is."""
+        docids' strings do). A run already in that order, as the pipeline writes them, is returned as it is; one
+        in score order whose ties are not in docid order (Lucene breaks them by its own ids) has only its ties
+        sorted, by one integer sort."""
         query = np.repeat(np.arange(len(self.qids)), np.diff(self.offsets))
         same_query = query[1:] == query[:-1]
-        ahead = (self.scores[:-1] > self.scores[1:]) | (
-            (self.scores[:-1] == self.scores[1:]) & (self.docids[:-1] > self.docids[1:]))
-        if (ahead | ~same_query).all():
-            return self
-        order = np.lexsort((-self.docids, -self.scores, query))
+        tied = same_query & (self.scores[:-1] == self.scores[1:])
+        if not (same_query & (self.scores[:-1] < self.scores[1:])).any():  # in score order
+            if not (tied & (self.docids[:-1] < self.docids[1:])).any():
+                return self
+            group = np.concatenate([[0], np.cumsum(~tied)])  # one query's hits of one score
+            order = np.argsort(group * (int(self.docids.max()) + 1) - self.docids)
+        else:
+            order = np.lexsort((-self.docids, -self.scores, query))
         return RunArrays(self.qids, self.offsets, self.docids[order], self.scores[order])
 
     @staticmethod
@@ -86,12 +91,14 @@ def run_frame(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["qid", "docid", "score"]).astype({"qid": str, "docid": str, "score": float})
 
 
-def encode_runs(sparse: pd.DataFrame, dense: pd.DataFrame) -> tuple[RunArrays, RunArrays, np.ndarray]:
-    """Both runs as RunArrays over their shared, sorted docid vocabulary (queries in order of appearance)."""
-    docids = [frame["docid"].to_numpy().astype(str) for frame in (sparse, dense)]
+def encode_frames(*frames: pd.DataFrame) -> tuple[list[RunArrays], np.ndarray]:
+    """Runs (columns qid, docid, score) as RunArrays over their shared, sorted docid vocabulary (queries in order of
+    appearance; a query's hits in the order the frame lists them)."""
+    docids = [frame["docid"].to_numpy().astype(str) for frame in frames]
     vocabulary, codes = np.unique(np.concatenate(docids), return_inverse=True)
     runs = []
-    for frame, run_codes in zip((sparse, dense), np.split(codes.astype(np.int64), [len(sparse)]), strict=True):
+    for frame, run_codes in zip(frames, np.split(codes.astype(np.int64), np.cumsum([len(f) for f in frames])[:-1]),
+                                strict=True):
         query_codes, qids = pd.factorize(frame["qid"].to_numpy())
         scores = frame["score"].to_numpy(dtype=np.float64)
         if np.any(query_codes[1:] < query_codes[:-1]):  # a query's hits not contiguous: group them, stably
@@ -99,7 +106,13 @@ def encode_runs(sparse: pd.DataFrame, dense: pd.DataFrame) -> tuple[RunArrays, R
             query_codes, run_codes, scores = query_codes[order], run_codes[order], scores[order]
         offsets = np.concatenate([[0], np.cumsum(np.bincount(query_codes, minlength=len(qids)))])
         runs.append(RunArrays(np.asarray(qids, dtype=object), offsets, run_codes, scores))
-    return runs[0], runs[1], vocabulary
+    return runs, vocabulary
+
+
+def encode_runs(sparse: pd.DataFrame, dense: pd.DataFrame) -> tuple[RunArrays, RunArrays, np.ndarray]:
+    """Both runs of a fusion as RunArrays over their shared, sorted docid vocabulary."""
+    (sparse_run, dense_run), vocabulary = encode_frames(sparse, dense)
+    return sparse_run, dense_run, vocabulary
 
 
 def docid_codes(vocabulary: np.ndarray, docids: list[str]) -> np.ndarray:

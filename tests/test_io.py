@@ -1,3 +1,4 @@
+import itertools
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pipeline.io import (
     verify_npy,
     write_run,
 )
-from pipeline.run_arrays import read_run_frame
+from pipeline.run_arrays import RunArrays, read_run_frame
 from tests.conftest import ROOT, hang_guard
 
 
@@ -232,3 +233,25 @@ def test_a_killed_writers_staging_is_removed_when_the_next_writer_starts(tmp_pat
         out.write("q 0 d 1 1.0 t\n")
     assert not any(path.exists() for path in left) and sibling.exists()
     assert (tmp_path / "run.trec").read_text() == "q 0 d 1 1.0 t\n"
+
+
+@pytest.mark.parametrize("score_order", [False, True])
+def test_in_rank_order_is_trec_eval_order(score_order):
+    """Score descending, then docid code descending, per query; both paths (ties only, or a full sort) agree with
+    one lexsort, and a run already in that order comes back as it is."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        lengths = rng.integers(0, 12, rng.integers(1, 6))
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        docids = np.concatenate([rng.choice(40, n, replace=False) for n in lengths]).astype(np.int64)
+        scores = rng.integers(0, 4, offsets[-1]).astype(float)  # many ties
+        if score_order:  # score-ordered with ties in any docid order, as Lucene writes them
+            for lo, hi in itertools.pairwise(offsets):
+                by_score = np.argsort(-scores[lo:hi], kind="stable")
+                scores[lo:hi], docids[lo:hi] = scores[lo:hi][by_score], docids[lo:hi][by_score]
+        qids = np.array([f"q{i}" for i in range(len(lengths))], dtype=object)
+        ranked = RunArrays(qids, offsets, docids, scores).in_rank_order()
+        expected = np.lexsort((-docids, -scores, np.repeat(np.arange(len(lengths)), lengths)))
+        assert ranked.docids.tolist() == docids[expected].tolist()
+        assert ranked.scores.tolist() == scores[expected].tolist()
+        assert ranked.in_rank_order() is ranked

@@ -10,6 +10,7 @@ borda_count is a stub), and the final order of equal scores (docid descending, w
 from __future__ import annotations
 
 import sys
+import warnings
 
 import pandas as pd
 from trectools import TrecEval, TrecQrel, TrecRun, fusion
@@ -67,7 +68,9 @@ def fuse(sparse: pd.DataFrame, dense: pd.DataFrame, method: str, value: float | 
     elif method == "rbp":
         fused = fusion.rank_biased_precision_fusion(runs, p=0.8 if value is None else value, max_docs=sys.maxsize)
     else:
-        fused = fusion.combos(runs, strategy="mnz" if method == "combmnz" else "sum", max_docs=sys.maxsize)
+        with warnings.catch_warnings():  # combos sorts in place, which pandas deprecates
+            warnings.simplefilter("ignore")
+            fused = fusion.combos(runs, strategy="mnz" if method == "combmnz" else "sum", max_docs=sys.maxsize)
     data = fused.run_data.rename(columns={"query": "qid"})
     return trec_order(data[["qid", "docid", "score"]].astype({"qid": str, "docid": str, "score": float}))
 

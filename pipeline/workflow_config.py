@@ -4,7 +4,8 @@ Snakemake merges a profile's config over config.yaml key by key, so an overlay c
 not take away. `resolve_config` runs once, after schema validation, and gives an overlay these rules:
 
 - `null` removes what is inherited: a whole table (`table2`, `table3`, `table4`), the `report`, or one
-  entry of `bm25.runs`, `student.variants`, `dense.published`, `rerank.candidates` or `table1.rows`;
+  entry of `bm25.runs`, `student.variants`, `dense.published`, `rerank.candidates`, `table1.rows`,
+  `table3.conditions` or `table4.strategies`;
 - settings left out follow the dataset: the split of Tables 2 and 3, of the report, of Table 1's
   latency column and of the index comparison is the first split of `evaluation.columns`; the measure of
   Table 3 and of the report is the first measure of Table 1; alpha is tuned on RR@10 on MS MARCO (the
@@ -27,7 +28,7 @@ from pipeline.config_check import ConfigError
 from pipeline.data.candidates import OFFICIAL
 
 REMOVABLE_ENTRIES = (("bm25", "runs"), ("student", "variants"), ("dense", "published"), ("rerank", "candidates"),
-                     ("negatives", "rounds"), ("table1", "rows"))
+                     ("negatives", "rounds"), ("table1", "rows"), ("table3", "conditions"), ("table4", "strategies"))
 ROUND_DEFAULTS = ("depth", "per_positive", "seed")  # a round's settings left out are negatives.<setting>
 
 
@@ -40,7 +41,8 @@ def resolve_config(config: dict) -> list[str]:
     every cross-reference. Returns one note per thing left out (doc2query switched off, MS MARCO's official
     candidate lists on another dataset), each saying why."""
     for section, key in REMOVABLE_ENTRIES:
-        config[section][key] = {name: entry for name, entry in config[section][key].items() if entry is not None}
+        if config[section] is not None:
+            config[section][key] = {name: entry for name, entry in config[section][key].items() if entry is not None}
     notes = _without_doc2query(config) if config["doc2query"]["source"] == "none" else []
     if config["dataset"]["source"] != "msmarco-passage":
         notes += _without_official_candidates(config)

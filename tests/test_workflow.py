@@ -63,6 +63,26 @@ def test_paper_config_dag_lists_every_stage(workdir):
     assert "generate_doc2query" not in listed  # the published predictions are downloaded
 
 
+def test_demo_is_table1_and_demo_full_adds_tables_3_5_and_the_rounds(workdir):
+    """`make demo` plans Table 1's stages and the report only; `make demo-full` adds Table 3's student, Table 5's
+    fusions and the hard-negative rounds, and reuses every job of the first (same dataset, same outputs)."""
+    first = snakemake(workdir, "-n", "--quiet", "rules", "--profile", "profiles/demo")
+    full = snakemake(workdir, "-n", "--quiet", "rules", "--profile", "profiles/demo-full")
+    assert first.returncode == 0 and full.returncode == 0, first.stderr + full.stderr
+
+    def stats(result):
+        table = result.stdout.split("Job stats:")[-1].split("total")[0]
+        return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
+
+    demo, demo_full = stats(first), stats(full)
+    for rule in ("train_teacher", "train_student", "colbert_retrieve", "colbert_rerank", "fuse", "tables", "report"):
+        assert demo.get(rule), rule
+    extra = ("fuse_methods", "tune_fusion_methods", "mine_round", "train_round_teacher", "dense_rerank")
+    assert [rule for rule in extra if rule in demo] == [] and all(demo_full.get(rule) for rule in extra)
+    assert demo["train_student"] == 2 and demo_full["train_student"] == 5  # + tct_triplet, tct_hn, tct_hnp
+    assert all(demo_full[rule] >= count for rule, count in demo.items())
+
+
 def test_doc2query_sources_choose_their_rules(workdir):
     """generate: one job per shard from a checkpoint; train: the model first; none: everything built on the
     expansion leaves the DAG (its BM25 run, the rows and hybrids using it, the student on generated queries)."""

@@ -52,6 +52,13 @@ def test_null_removes_inherited_entries_and_tables():
     assert config["table3"]["split"] == "dev"  # not removed, still resolved
 
 
+def test_null_removes_a_condition_or_strategy():
+    config, _ = merged({"table3": {"conditions": {"none": None, "triplet": None}},
+                        "table4": {"strategies": {"Margin-MSE": None}}})
+    assert config["table3"]["conditions"] == {"inbatch": "tct_inbatch"}
+    assert "Margin-MSE" not in config["table4"]["strategies"] and len(config["table4"]["strategies"]) == 4
+
+
 def test_an_empty_mapping_changes_nothing():
     """Overlays merge: `table2: {}` keeps config.yaml's Table 2 (null is the way to remove it)."""
     config, _ = merged({"table2": {}})
@@ -162,3 +169,18 @@ def test_references_to_missing_splits_and_runs_name_the_key(overlays, message):
     with pytest.raises(ConfigReferenceError) as error:
         merged(*overlays)
     assert message in str(error.value)
+
+
+def test_the_first_demo_shows_table1_and_leaves_the_rest_to_demo_full():
+    demo = yaml.safe_load((ROOT / "profiles" / "demo" / "workflow.yaml").read_text())
+    first_run = yaml.safe_load((ROOT / "profiles" / "demo" / "first-run.yaml").read_text())
+    config, _ = merged(demo, first_run)
+    assert list(config["table1"]["rows"]) == [
+        "BM25", "doc2query-T5", "Bi-encoder (PoolAvg)", "Bi-encoder (TCT-ColBERT)", "ColBERT (end to end)",
+        "PoolAvg + BM25", "TCT-ColBERT + BM25", "PoolAvg + doc2query-T5", "TCT-ColBERT + doc2query-T5",
+        "ColBERT (re-rank BM25 top-100)"]
+    assert list(config["student"]["variants"]) == ["poolavg", "tct_inbatch"]
+    assert config["table3"] is None and config["fusion"]["methods"] == ["eq7"]
+    full, _ = merged(demo)  # profiles/demo-full: Tables 3 and 5 and the rounds' rows come back
+    assert config["table1"]["rows"].items() <= full["table1"]["rows"].items()
+    assert "TCT-ColBERT HN+" in full["table1"]["rows"] and full["table3"] and len(full["fusion"]["methods"]) == 6

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, copy_workflow, hang_guard, small_demo_overlay
+from tests.test_rule_coverage import workflow_rules
 
 if os.environ.get("PIPELINE_SLURM") != "1":
     pytest.skip("SLURM cluster tests run with `make test-cluster` (PIPELINE_SLURM=1): they install and start a "
@@ -30,7 +31,7 @@ PARTITION, ACCOUNT = "debug", "pipelinetest"
 LOCAL_RULES = {"all", "prepare_data", "tables", "report"}
 GPU_RULES = {"train_teacher", "train_student", "encode_corpus", "encode_queries", "encode_tokens", "colbert_rerank",
              "colbert_index", "colbert_retrieve", "train_doc2query", "generate_doc2query"}
-TORCHRUN_PROCESSES = 2               # train_teacher's processes (teacher.gpus) in the demo DAG test
+TORCHRUN_PROCESSES = 2               # train_teacher's processes (teacher.gpus) in the whole-DAG test
 TEACHER_RULES = {"train_teacher", "train_round_teacher"}  # both take teacher.gpus (torchrun)
 # The first status query waits seconds-between-status-checks, the later ones the plugin's own interval:
 # shortened from the profile's 30 / 40 s so that a DAG of ~15 dependent steps does not wait ~10 min.
@@ -122,16 +123,24 @@ def test_two_rule_workflow_runs_as_slurm_jobs_with_the_gpu(slurm, tmp_path):
     assert (tmp_path / "cpu.txt").read_text().split() == ["gpus=0", "gpus=none"]
 
 
-def small_demo(workdir: Path) -> list[str]:
-    """The small demo DAG of tests/test_workflow.py, its teacher trained by 2 torchrun processes (gloo on the
-    CPU: the node's GPUs are fake), locally and on SLURM alike so that both give the same weights."""
+def every_rule_once(workdir: Path) -> list[str]:
+    """The smallest DAG with every kind of rule the demo has (59 jobs, against the small demo's 159): the small
+    demo of tests/test_workflow.py on the train and dev splits alone, one student (tct_inbatch) and the HN+
+    round's (the re-trained teacher), Table 3 with its one condition, Table 5 with rrf, coverage on dev. Its
+    teacher is trained by 2 torchrun processes (gloo on the CPU: the node's GPUs are fake), locally and on SLURM
+    alike so that both give the same weights."""
     overlay = small_demo_overlay(workdir)
     settings = yaml.safe_load(overlay.read_text())
     settings["teacher"]["gpus"] = TORCHRUN_PROCESSES
-    settings["fusion"]["methods"] = ["eq7", "rrf"]  # Table 5's tune and fuse rules on SLURM, without 40 evaluations
-    # One round (HN+: mining, the re-trained teacher, its student) instead of the profile's two.
-    settings["student"]["variants"] = {**settings["student"].get("variants", {}), "tct_hn": None}
-    settings["table1"] = {"rows": {"TCT-ColBERT HN": None}}
+    settings["dataset"]["splits"] = ["train", "dev"]
+    settings["evaluation"] = {"columns": [{"split": "dev", "measure": "RR@10"}], "coverage": {"splits": ["dev"]}}
+    settings["fusion"]["methods"] = ["eq7", "rrf"]
+    settings["student"]["variants"] = {"poolavg": None, "tct_triplet": None, "tct_hn": None}
+    settings["table1"] = {"rows": {name: None for name in (
+        "Bi-encoder (PoolAvg)", "PoolAvg + BM25", "PoolAvg + doc2query-T5", "TCT-ColBERT + doc2query-T5",
+        "TCT-ColBERT HN", "TCT-ColBERT HN+ + BM25", "TCT-ColBERT HN+ + doc2query-T5")}}
+    settings["table1"]["rows"]["Bi-encoder (TCT-ColBERT)"] = {"compare_to": "bm25"}
+    settings["table3"] = {"conditions": {"none": None, "triplet": None}}
     overlay.write_text(yaml.safe_dump(settings))
     return ["--configfile", "config.yaml", "profiles/demo/workflow.yaml", str(overlay)]
 
@@ -166,27 +175,29 @@ def table_without_latency(path: Path) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_small_demo_dag_on_slurm_matches_the_local_run(slurm, tmp_path):
-    """The small demo DAG once locally and once through profiles/slurm: every non-local rule is a SLURM job,
-    GPU rules hold a GPU, and Table 1 is the same apart from the latency column."""
+def test_every_rule_on_slurm_matches_the_local_run(slurm, tmp_path):
+    """A DAG with every kind of rule once locally and once through profiles/slurm: every non-local rule is a
+    SLURM job, GPU rules hold a GPU, and Table 1 is the same apart from the latency column."""
     local = copy_workflow(tmp_path / "local")
     started = time.monotonic()
-    result = snakemake(local, "--profile", "profiles/demo", *small_demo(local))
+    result = snakemake(local, "--profile", "profiles/demo", *every_rule_once(local))
     local_seconds = time.monotonic() - started
     assert result.returncode == 0, output(result)[-3000:]
     expected = job_stats(output(result))
+    # Every rule but the two that only fetch MS MARCO's published files (tests/README.md says where they run).
+    assert workflow_rules() - set(expected) == {"candidate_run", "doc2query_download"}
 
     cluster = copy_workflow(tmp_path / "cluster")
     listed = snakemake(cluster, "--list-rules", seconds=300)
     assert listed.returncode == 0, output(listed)
     profile = profile_for_this_cluster(cluster, listed.stdout.split())
     started = time.monotonic()
-    result = snakemake(cluster, "--profile", str(profile.relative_to(cluster)), *small_demo(cluster), "--verbose",
+    result = snakemake(cluster, "--profile", str(profile.relative_to(cluster)), *every_rule_once(cluster), "--verbose",
                        *FAST_STATUS, seconds=2000)
     cluster_seconds = time.monotonic() - started
     log = output(result)
     (tmp_path / "cluster.log").write_text(log)
-    print(f"small demo DAG: local {local_seconds:.0f} s, SLURM {cluster_seconds:.0f} s (log: {tmp_path}/cluster.log)")
+    print(f"every rule once: local {local_seconds:.0f} s, SLURM {cluster_seconds:.0f} s (log: {tmp_path}/cluster.log)")
     assert result.returncode == 0, log[-4000:]
     assert job_stats(log) == expected
 

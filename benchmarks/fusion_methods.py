@@ -13,14 +13,19 @@ linearly to all: it fuses query by query, and its coverage is linear in the run'
 script also checks that both rank alike and reports the largest score difference. Scores are float64 throughout
 (numpy, pandas, trectools): no PyTorch precision is involved.
 
+Our figures, with the peak RSS of our part and the size of one fused run file, also go to --json
+(benchmarks/fusion_methods.json), from which benchmarks/resource_plan.py projects the stages at paper scale.
+
     python benchmarks/fusion_methods.py [--queries 6980] [--depth 1000] [--tuning-queries 6000]
-        [--oracle-queries 100] [--oracle-coverage-queries 1000]
+        [--oracle-queries 100] [--oracle-coverage-queries 1000] [--json benchmarks/fusion_methods.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -69,6 +74,7 @@ def main() -> None:
     parser.add_argument("--tuning-queries", type=int, default=6000)
     parser.add_argument("--oracle-queries", type=int, default=100, help="queries trectools fuses (then projected)")
     parser.add_argument("--oracle-coverage-queries", type=int, default=1000)
+    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("fusion_methods.json"))
     args = parser.parse_args()
     print(f"{cpu_name()}, {os.cpu_count()} cores, PyTorch CPU capability {precision.cpu_capability()}, float64 "
           f"scores (no PyTorch precision involved); {args.queries} queries x two {args.depth}-deep runs, "
@@ -96,6 +102,13 @@ def main() -> None:
     coverage_seconds, _ = timed(lambda: coverage(hybrid, qrels))
     write_seconds, _ = timed(lambda: write_run_arrays(work / "rrf.trec", fused[0], inputs.vocabulary, "rrf",
                                                       exact=True))
+    ours = {"cpu": cpu_name(), "cpu_capability": precision.cpu_capability(), "queries": args.queries,
+            "depth": args.depth, "tuning_queries": args.tuning_queries, "read_two_runs_seconds": round(read_seconds, 2),
+            "five_fuses_seconds": round(fuse_seconds, 2), "sweeps_seconds": round(sweep_seconds, 2),
+            "coverage_seconds": round(coverage_seconds, 2), "write_one_run_seconds": round(write_seconds, 2),
+            "fused_run_bytes": (work / "rrf.trec").stat().st_size,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    args.json.write_text(json.dumps(ours, indent=2) + "\n")
     shutil.rmtree(work)
     print(f"ours: five fuses {fuse_seconds:.1f} s, sweeps {sweep_seconds:.1f} s, coverage {coverage_seconds:.1f} s; "
           f"reading both runs {read_seconds:.1f} s, writing one fused run {write_seconds:.1f} s", flush=True)

@@ -7,7 +7,8 @@ the count describes the work). Stated: FLOP counts (2 x non-embedding parameters
 3x that for forward + backward), the paper's step counts and batch sizes (config.yaml), GPU peaks from
 the vendors' datasheets (A100 312, H100 SXM 989 dense bf16 TFLOP/s) and the utilisation assumed for
 each kind of work. BM25 (CPU) is projected from this machine's scale run (benchmarks/scale.json) in
-proportion to the bytes of real MS MARCO text. Prints the Markdown table the README's resource plan shows.
+proportion to the bytes of real MS MARCO text; Table 5's fusion stages (CPU) come from benchmarks/fusion_methods.json,
+measured at MS MARCO dev's size. Prints the Markdown table the README's resource plan shows.
 
 Its last rows are one hard-negative round of TCT-ColBERT v2 (HN; HN+ adds the teacher): the corpus
 encoded with the round's model, MS MARCO's 502,939 judged train queries encoded and searched (flat,
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from pipeline import precision
@@ -87,6 +89,27 @@ def measured_bm25(line_bytes: float) -> list[tuple[str, float, str]]:
          search["seconds"] * factor * DEV_QUERIES / queries * threads / 3600,
          f"an upper bound: {search['seconds']:.0f} s for {queries:,} queries at {largest['size']:,} passages, "
          "JVM start-up and the single-query latency loop included, scaled linearly"),
+    ]
+
+
+def measured_fusion_methods() -> list[tuple[str, float, str, str]]:
+    """Table 5's stages at MS MARCO's size from benchmarks/fusion_methods.json (this machine, 6,980 queries x two
+    1000-deep runs): (stage, core hours for every hybrid of the paper DAG, disk, memory)."""
+    measured = Path(__file__).with_name("fusion_methods.json")
+    if not measured.exists():
+        return []
+    record = json.loads(measured.read_text())
+    config = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("config.yaml").read_text())
+    hybrids = sum("+" in row["run"] for row in config["table1"]["rows"].values())
+    tuning_share = record["tuning_queries"] / record["queries"]
+    tune = record["read_two_runs_seconds"] * tuning_share + record["sweeps_seconds"]
+    fuse = record["read_two_runs_seconds"] + record["five_fuses_seconds"] + 5 * record["write_one_run_seconds"]
+    memory = f"{record['peak_rss_mb'] / 1e3:.1f} GB RAM measured"
+    return [
+        (f"tune_fusion_methods, {hybrids} hybrids (rrf's and rbp's sweeps, {record['tuning_queries']:,} queries)",
+         hybrids * tune / 3600, "-", f"{memory}; {tune:.0f} s per hybrid"),
+        (f"fuse_methods, dev, {hybrids} hybrids x 5 methods ({record['queries']:,} queries)", hybrids * fuse / 3600,
+         f"{hybrids * 5 * record['fused_run_bytes'] / 1e9:.1f} GB", f"{memory}; {fuse:.0f} s per hybrid"),
     ]
 
 
@@ -208,6 +231,9 @@ def main() -> None:
         row(*stage)
     for name, core_hours, how in measured_bm25(passage_bytes()):
         cells = [name, "-", f"{hours(core_hours)} (core)", *("-" for _ in GPUS), *("-" for _ in GPUS), "-", how]
+        print("| " + " | ".join(cells) + " |")
+    for name, core_hours, disk, how in measured_fusion_methods():
+        cells = [name, "-", f"{hours(core_hours)} (core)", *("-" for _ in GPUS), *("-" for _ in GPUS), disk, how]
         print("| " + " | ".join(cells) + " |")
 
     # One hard-negative round (TCT-ColBERT v2's HN; HN+ adds the teacher re-trained on the mined negatives).

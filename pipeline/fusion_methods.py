@@ -107,7 +107,7 @@ def method_scorer(method: str, value: float | None) -> Scorer:
             weights = rank_weights(method, value, max(grid.widths))
             hits = np.tile(np.concatenate([weights[:grid.widths[0]], weights[:grid.widths[1]]]), (len(grid.qids), 1))
             scores = cell_scores(grid, hits)
-            if max(grid.widths) > DEPTH:  # a docid both runs rank past DEPTH is no candidate at all
+            if max(grid.widths) > DEPTH:  # a docid that every run holding it ranks past DEPTH is no candidate
                 within = np.tile(np.concatenate([np.arange(width) < DEPTH for width in grid.widths]),
                                  (len(grid.qids), 1)).astype(np.float64)
                 scores[cell_scores(grid, within) == 0] = -np.inf
@@ -125,7 +125,7 @@ def method_scorer(method: str, value: float | None) -> Scorer:
         hits = np.empty((len(grid.qids), sum(grid.widths)))
         shared = []
         for side, run in zip(sides, (sparse, dense), strict=True):
-            hits[:, columns[side]] = candidates - np.arange(grid.widths[side]) + 0.0
+            hits[:, columns[side]] = candidates - np.arange(grid.widths[side])
             lengths = np.zeros(len(grid.qids))
             lengths[side_rows(grid, run)] = np.diff(run.offsets)
             shared.append((candidates - lengths[:, None] + 1) / 2)

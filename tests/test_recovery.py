@@ -65,7 +65,8 @@ def test_killed_prepare_data_leaves_no_staging_directory(tmp_path):
     out = tmp_path / "resources"
     arguments = [sys.executable, "-m", "pipeline.data.prepare", "--source", "synthetic", "--splits", "train",
                  "dev", "--out", str(out), "--n-train", "20", "--n-dev", "5", "--n-dl", "1"]
-    killed = subprocess.Popen([*arguments, "--n-passages", "400000"], cwd=ROOT, stdout=subprocess.DEVNULL,
+    # 150,000 passages: about 0.2 s of writing to catch (the 20 s before it build them in memory).
+    killed = subprocess.Popen([*arguments, "--n-passages", "150000"], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         # The staging copy of collection.tsv is itself written under a temporary name, then renamed.

@@ -107,7 +107,7 @@ def student_command(root: Path, data: dict, name: str, steps: int, *extra: str) 
 def test_killed_and_resumed_run_equals_uninterrupted(setup):
     root, data = setup
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    steps = 400
+    steps = 200  # the victim is killed at its first checkpoint (step 10), far from its last
     subprocess.run([sys.executable, *student_command(root, data, "whole", steps, "--checkpoint-every", "10")],
                    check=True, env=env, capture_output=True, timeout=hang_guard(600))
     victim = subprocess.Popen([sys.executable, *student_command(root, data, "killed", steps,

@@ -150,9 +150,16 @@ def test_lint_is_clean(workdir):
 def test_small_demo_dag_end_to_end(workdir):
     """The demo profile's whole DAG on a small synthetic set with a tiny random BERT, Table 4 included.
 
-    About 4 minutes on 2 cores; the guard allows 30."""
-    small = str(small_demo_overlay(workdir, table4=True))
-    result = snakemake(workdir, "--profile", "profiles/demo", "--configfile", "config.yaml",
+    About 5 minutes on 2 cores; the guard allows 30."""
+    small = small_demo_overlay(workdir, table4=True)
+    settings = yaml.safe_load(small.read_text())
+    # Table 5 with one tuned and one untuned method beside Eq. 7: each method's scores are held to trectools in
+    # tests/test_fusion_methods.py; here the rules' wiring is what is tested, and 36 evaluations fewer.
+    settings["fusion"]["methods"] = ["eq7", "rrf", "combmnz"]
+    small.write_text(yaml.safe_dump(settings, sort_keys=False))
+    small = str(small)
+    # One thread a job: a tiny model's job is mostly Python's start-up, so two run side by side on 2 cores.
+    result = snakemake(workdir, "--profile", "profiles/demo", "--max-threads", "1", "--configfile", "config.yaml",
                        "profiles/demo/workflow.yaml", small, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (workdir / "results" / "table1.tsv").read_text().splitlines()
@@ -170,13 +177,13 @@ def test_small_demo_dag_end_to_end(workdir):
     for row in rows.values():
         rbp, residual = map(float, row["dl/RBP(p=0.8)"].split(" + "))
         assert 0.0 <= float(row["dl/Judged@10"]) <= 1.0 and 0.0 <= rbp <= rbp + residual <= 1.0
-    # Table 5: every hybrid of Table 1 by each fusion method of the demo profile, k and p tuned.
+    # Table 5: every hybrid of Table 1 by each fusion method asked for, k tuned.
     table5 = [line.split("\t") for line in (workdir / "results" / "table5_fusion.tsv").read_text().splitlines()]
     fused = {(row[0], row[1]): row for row in table5[1:]}
-    methods = ["eq7", "rrf", "rbp", "combsum", "combmnz", "borda"]
+    methods = ["eq7", "rrf", "combmnz"]
     hybrids = ["poolavg+bm25", "tct_inbatch+bm25", "poolavg+d2q", "tct_inbatch+d2q", "tct_hnp+bm25", "tct_hnp+d2q"]
     assert sorted(fused) == sorted((hybrid, method) for hybrid in hybrids for method in methods)
-    assert fused["tct_inbatch+bm25", "rrf"][2].startswith("k=") and fused["poolavg+d2q", "rbp"][2].startswith("p=")
+    assert fused["tct_inbatch+bm25", "rrf"][2].startswith("k=") and fused["poolavg+d2q", "combmnz"][2] == ""
     assert fused["tct_inbatch+bm25", "eq7"][3] == rows["TCT-ColBERT + BM25"]["dev/RR@10"].rstrip("*")
     assert all(0.0 <= float(cell.rstrip("*")) <= 1.0 for row in table5[1:] for cell in row[3:7])
     assert rows["BM25"]["dev/RR@10"] != "0.0000"

@@ -37,9 +37,9 @@ import pandas as pd
 
 from pipeline import precision
 from pipeline.coverage import coverage
-from pipeline.fusion_methods import METHODS, Inputs, fuse_inputs, sweep
+from pipeline.fusion_methods import METHODS, encoded_inputs, fuse_inputs, sweep
 from pipeline.io import write_qrels, write_run
-from pipeline.run_arrays import RunArrays, encode_runs, read_run_frame, write_run_arrays
+from pipeline.run_arrays import RunArrays, read_run_frame, write_run_arrays
 from pipeline.timing import cpu_name
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -49,11 +49,6 @@ from fusion import synthetic_runs  # benchmarks/ holds scripts, not a package
 from tests import trectools_oracle
 
 ORACLE_BLOCK = 64  # queries per trectools call, as pipeline.fusion_methods gave them before it became array code
-
-
-def encoded(frames: tuple[pd.DataFrame, pd.DataFrame]) -> Inputs:
-    sparse, dense, vocabulary = encode_runs(*frames)
-    return Inputs(sparse.in_rank_order(), dense.in_rank_order(), vocabulary)
 
 
 def as_frame(run: RunArrays, vocabulary: np.ndarray) -> pd.DataFrame:
@@ -95,9 +90,9 @@ def main() -> None:
     # Ours.
     settings = [(method, None) for method in METHODS]
     fuse_seconds, (inputs, fused) = timed(lambda: (lambda inputs: (inputs, fuse_inputs(inputs, settings)))(
-        encoded(frames)))
+        encoded_inputs(*frames)))
     grids = {method: spec.grid for method, spec in METHODS.items() if spec.parameter}
-    sweep_seconds, curves = timed(lambda: sweep(encoded(tune_frames), tune_qrels, "RR@10", grids))
+    sweep_seconds, curves = timed(lambda: sweep(encoded_inputs(*tune_frames), tune_qrels, "RR@10", grids))
     hybrid = as_frame(fused[0], inputs.vocabulary)
     coverage_seconds, _ = timed(lambda: coverage(hybrid, qrels))
     write_seconds, _ = timed(lambda: write_run_arrays(work / "rrf.trec", fused[0], inputs.vocabulary, "rrf",

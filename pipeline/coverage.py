@@ -30,7 +30,7 @@ import pandas as pd
 from pipeline.cli import run_stage
 from pipeline.evaluate import MEAN_ROW
 from pipeline.io import InputFormatError, Qrels, atomic_output, read_qrels
-from pipeline.run_arrays import encode_frames, read_run_frame
+from pipeline.run_arrays import docid_lookup, encode_frames, read_run_frame
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,8 @@ def judgement_keys(qrels: Qrels, qids: np.ndarray, vocabulary: np.ndarray) -> tu
     the run retrieved (no others can match a hit)."""
     judged, relevant = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for row, qid in enumerate(qids):
-        docids = np.array(list(qrels[qid]), dtype=str)
+        positions, found = docid_lookup(vocabulary, list(qrels[qid]))
         rels = np.array(list(qrels[qid].values()), dtype=np.int64)
-        positions = np.searchsorted(vocabulary, docids)
-        found = positions < len(vocabulary)
-        found[found] = vocabulary[positions[found]] == docids[found]
         keys = row * len(vocabulary) + positions[found]
         judged.append(keys)
         relevant.append(keys[rels[found] > 0])

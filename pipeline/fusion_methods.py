@@ -144,10 +144,16 @@ class Inputs:
     paths: tuple[Path | str, Path | str] = ("sparse run", "dense run")  # what an error names
 
 
+def encoded_inputs(sparse: pd.DataFrame, dense: pd.DataFrame,
+                   paths: tuple[Path | str, Path | str] = ("sparse run", "dense run")) -> Inputs:
+    """Both runs (columns qid, docid, score) encoded and put in rank order, once for every method and grid value."""
+    sparse_run, dense_run, vocabulary = encode_runs(sparse, dense)
+    return Inputs(sparse_run.in_rank_order(), dense_run.in_rank_order(), vocabulary, paths)
+
+
 def read_inputs(sparse: Path, dense: Path) -> Inputs:
-    """Both run files, read and encoded once for every method and grid value of a job."""
-    sparse_run, dense_run, vocabulary = encode_runs(read_run_frame(sparse), read_run_frame(dense))
-    return Inputs(sparse_run.in_rank_order(), dense_run.in_rank_order(), vocabulary, (sparse, dense))
+    """Both run files, read and encoded once for a job."""
+    return encoded_inputs(read_run_frame(sparse), read_run_frame(dense), (sparse, dense))
 
 
 def fuse_inputs(inputs: Inputs, settings: list[tuple[str, float | None]], hits: int = 1000) -> list[RunArrays]:
@@ -163,11 +169,10 @@ def fuse_inputs(inputs: Inputs, settings: list[tuple[str, float | None]], hits: 
 def fuse_frames(sparse: pd.DataFrame, dense: pd.DataFrame, method: str, param: float | None = None,
                 hits: int = 1000) -> list[tuple[str, str, float]]:
     """One method over two runs held as frames (columns qid, docid, score): (qid, docid, score) in rank order."""
-    sparse_run, dense_run, vocabulary = encode_runs(sparse, dense)
-    fused = fuse_inputs(Inputs(sparse_run.in_rank_order(), dense_run.in_rank_order(), vocabulary),
-                        [(method, param)], hits)[0]
+    inputs = encoded_inputs(sparse, dense)
+    fused = fuse_inputs(inputs, [(method, param)], hits)[0]
     qids = np.repeat(fused.qids, np.diff(fused.offsets)).tolist()
-    return list(zip(qids, vocabulary[fused.docids].tolist(), fused.scores.tolist(), strict=True))
+    return list(zip(qids, inputs.vocabulary[fused.docids].tolist(), fused.scores.tolist(), strict=True))
 
 
 def as_run(fused: RunArrays, vocabulary: np.ndarray) -> Run:

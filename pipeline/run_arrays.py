@@ -115,12 +115,18 @@ def encode_runs(sparse: pd.DataFrame, dense: pd.DataFrame) -> tuple[RunArrays, R
     return sparse_run, dense_run, vocabulary
 
 
-def docid_codes(vocabulary: np.ndarray, docids: list[str]) -> np.ndarray:
-    """Codes of those `docids` the vocabulary holds (the others are in neither run)."""
+def docid_lookup(vocabulary: np.ndarray, docids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each docid's code in the sorted vocabulary, and whether the vocabulary holds it at all."""
     wanted = np.array(docids, dtype=str)
     positions = np.searchsorted(vocabulary, wanted)
     found = positions < len(vocabulary)
     found[found] = vocabulary[positions[found]] == wanted[found]
+    return positions, found
+
+
+def docid_codes(vocabulary: np.ndarray, docids: list[str]) -> np.ndarray:
+    """Codes of those `docids` the vocabulary holds (the others are in neither run)."""
+    positions, found = docid_lookup(vocabulary, docids)
     return positions[found]
 
 

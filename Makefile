@@ -39,7 +39,7 @@ scifact: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check --no-cache pipeline tests benchmarks
-	$(BIN)/python -m pytest -q -ra --durations=20
+	$(BIN)/python -m pytest -q -ra --durations=20 -n 2 --dist worksteal
 
 # The GPU paths (precision auto, fp16 with loss scaling, GPU encoding, faiss-gpu search against the CPU's) on a
 # CUDA machine, in under 5 minutes; without a GPU it says so and exits 0. faiss-gpu: `make FAISS=gpu install`.

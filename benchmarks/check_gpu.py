@@ -160,7 +160,7 @@ def check_encoding(plan: Plan, data: Path, work: Path) -> str:
     require(manifest["precision"] == expected_auto(plan.device), f"encoded in {manifest['precision']}")
     require(bool(np.isfinite(np.load(shard / EMBEDDINGS_FILE)).all()), "non-finite passage vectors")
     index = build_index([shard], data / "collection.tsv", work / "index")
-    encode_queries(student, data / "queries.dev.tsv", work / "queries", precision="auto", latency_queries=20)
+    encode_queries(student, [data / "queries.dev.tsv"], [work / "queries"], precision="auto", latency_queries=20)
     return (f"{manifest['precision']}, {manifest['count']} passages at {manifest['passages_per_second']}/s; "
             f"flat index of {index['count']} x {index['dims']}")
 

@@ -90,7 +90,7 @@ def run_all(source: Path, work: Path, threads: int, batch_size: int, peer_run: P
     print(f"encode_corpus: {manifest['count']} passages at {manifest['passages_per_second']} passages/s "
           f"({manifest['precision']})", flush=True)
     stage("build_index (flat)", work / "dense-minilm", lambda: build_index([shard], collection, work / "dense-minilm"))
-    stage("encode_queries", work / "queries", lambda: encode_queries(PACKAGED_MINILM, queries, work / "queries"))
+    stage("encode_queries", work / "queries", lambda: encode_queries(PACKAGED_MINILM, [queries], [work / "queries"]))
     stage("dense_run", runs / f"minilm.{SPLIT}.trec",
           lambda: dense_search(work / "dense-minilm", work / "queries", runs / f"minilm.{SPLIT}.trec", hits=1000,
                                threads=threads, tag="minilm"))

@@ -243,7 +243,7 @@ def main() -> None:
         ("HN round: encode_corpus again (8.8M passages, the round's model)", PASSAGES * passage * forward, "infer",
          PASSAGES * 768 * 2, "per shard job: its vectors + one batch; the mining model's, unless already encoded, "
          "and the round's student's for evaluation"),
-        (f"HN round: encode_queries, train ({TRAIN_QUERIES:,} queries)", TRAIN_QUERIES * query * forward, "infer",
+        (f"HN round: encode_train_queries ({TRAIN_QUERIES:,} judged queries)", TRAIN_QUERIES * query * forward, "infer",
          TRAIN_QUERIES * 768 * 4, "one batch"),
         (f"HN round: dense_run, train ({TRAIN_QUERIES:,} queries, flat, faiss-gpu, top {HN_DEPTH})",
          TRAIN_QUERIES * PASSAGES * 768 * 2, "search", hits * line_bytes,

@@ -37,6 +37,13 @@ FUSIONS = [method for method in config["fusion"]["methods"] if method != "eq7"] 
 TUNED_FUSIONS = [method for method in FUSIONS if TRECTOOLS_FUSIONS[method].parameter]
 COVERAGE = config["evaluation"]["coverage"]
 ROUNDS = config["negatives"]["rounds"]  # hard-negative rounds, in order
+# The splits encode_queries encodes for every dense model, in one job: the dataset's but train (encoded only to
+# mine a round, judged queries only: rounds.smk), and the alpha-tuning sample drawn from train (a few thousand
+# queries, encoded whether or not the model is fused: one split more costs less than one job more).
+QUERY_SPLITS = [split for split in DATASET["splits"] if split != "train"] + (["tune"] if "train" in DATASET["splits"] else [])
+# The splits whose query encoder latency a table reads (Table 1's latency column, Table 2).
+TIMED_SPLITS = list(dict.fromkeys([config["evaluation"]["latency_split"],
+                                   *([config["table2"]["split"]] if config["table2"] else [])]))
 if "tune" in DATASET["splits"]:
     raise ValueError("'tune' is the alpha-tuning sample drawn from train; choose another split name")
 _clashes = ((set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & (set(SPARSE_RUNS) | set(CANDIDATES)))
@@ -63,7 +70,6 @@ wildcard_constraints:
     variant=one_of(VARIANTS),
     model=one_of(DENSE_MODELS),
     method=one_of(FUSIONS),
-    round=one_of(ROUNDS),
     retrained=one_of(name for name, settings in ROUNDS.items() if settings["teacher"] == "retrain"),
 
 
@@ -275,9 +281,17 @@ def previous_teacher(wildcards):
     return round_teacher(before[-1]) if before else f"{RES}/models/teacher"
 
 
-def round_run(wildcards):
-    """Input function: the train-split run of the model a round mines with."""
-    return f"{OUT}/runs/{ROUNDS[wildcards.round]['model']}.train.trec"
+def mined_triples(round_name):
+    """The triples a round trains on: one file per distinct (model, depth, per_positive, seed), so rounds that
+    mine alike (HN and HN+ in the paper's config) share one mine_round job."""
+    mining = ROUNDS[round_name]
+    return (f"{RES}/triples.mined-{mining['model']}-top{mining['depth']}-x{mining['per_positive']}"
+            f"-seed{mining['seed']}.tsv")
+
+
+def round_triples(wildcards):
+    """Input function: the mined triples of the round a teacher is re-trained on."""
+    return mined_triples(wildcards.retrained)
 
 
 def dense_hits(wildcards):
@@ -299,7 +313,7 @@ def student_inputs(wildcards):
     """Training data (its round's triples when the variant names one), plus the teacher when the variant distils
     it or starts from its weights."""
     variant = VARIANTS[wildcards.variant]
-    triples = f"{RES}/triples.{variant['negatives']}.tsv" if "negatives" in variant else f"{RES}/triples.train.tsv"
+    triples = mined_triples(variant["negatives"]) if "negatives" in variant else f"{RES}/triples.train.tsv"
     inputs = {"triples": triples, "queries": f"{RES}/queries.train.tsv", "collection": f"{RES}/collection.tsv"}
     online = variant["condition"] != "none" and "teacher_scores" not in variant
     if online or variant.get("embed_weight", 0) > 0 or config["student"]["init"] == "teacher":

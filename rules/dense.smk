@@ -1,5 +1,5 @@
-# Dense retrieval: encode_corpus (scatter over shards) -> build_index (gather) -> encode_queries ->
-# dense_run; dense_rerank: a student re-scoring a first-stage run's top `depth` (Table 3).
+# Dense retrieval: encode_corpus (scatter over shards) -> build_index (gather) -> encode_queries (one job
+# per model, every split but train, which rounds.smk encodes for mining) -> dense_run; dense_rerank: a student re-scoring a first-stage run's top `depth` (Table 3).
 # The teacher's own retrieval (ColBERT rows) lives in colbert.smk.
 
 
@@ -86,17 +86,18 @@ rule compare_indexes:
 rule encode_queries:
     input:
         model=dense_model,
-        queries=f"{RES}/queries.{{split}}.tsv",
+        queries=[f"{RES}/queries.{split}.tsv" for split in QUERY_SPLITS],
     output:
-        directory(f"{OUT}/queries/{{model}}.{{split}}"),
+        [directory(f"{OUT}/queries/{{model}}.{split}") for split in QUERY_SPLITS],
     log:
-        f"{LOGS}/encode_queries.{{model}}.{{split}}.log",
+        f"{LOGS}/encode_queries.{{model}}.log",
     benchmark:
-        f"{BENCH}/encode_queries.{{model}}.{{split}}.tsv"
+        f"{BENCH}/encode_queries.{{model}}.tsv"
     params:
         model=dense_model_spec,
         precision=config["dense"]["precision"],
         latency_queries=config["dense"]["latency_queries"],
+        timed=[f"{RES}/queries.{split}.tsv" for split in TIMED_SPLITS],
     threads: 1
     resources:
         gpu=1,
@@ -106,7 +107,8 @@ rule encode_queries:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline.dense.queries --model {params.model:q} --queries {input.queries:q} --out {output:q}"
-        " --precision {params.precision:q} --latency-queries {params.latency_queries:q} > {log:q} 2>&1"
+        " --precision {params.precision:q} --latency-queries {params.latency_queries:q} --timed {params.timed:q}"
+        " > {log:q} 2>&1"
 
 
 rule dense_run:

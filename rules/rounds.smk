@@ -1,25 +1,52 @@
-# Hard-negative rounds (TCT-ColBERT v2's HN and HN+; config negatives.rounds): mine_round samples negatives
-# from a dense model's own run over the train queries (dense_run on the train split, its depth the round's);
+# Hard-negative rounds (TCT-ColBERT v2's HN and HN+; config negatives.rounds): encode_train_queries encodes the
+# judged train queries of the model a round mines with; mine_round samples negatives from that model's own run
+# over them (dense_run on the train split, its depth the round's), one job per distinct (model, depth,
+# per_positive, seed), shared by the rounds naming the same;
 # train_round_teacher re-trains the teacher on them from the previous teacher's weights (teacher: retrain);
 # a student naming the round (student.variants.<name>.negatives) trains on them with the round's teacher.
 
 
-rule mine_round:
+rule encode_train_queries:
     input:
-        run=round_run,
+        model=dense_model,
+        queries=f"{RES}/queries.train.tsv",
         qrels=f"{RES}/qrels.train.txt",
     output:
-        triples=f"{RES}/triples.{{round}}.tsv",
-        manifest=f"{RES}/triples.{{round}}.manifest.json",
+        directory(f"{OUT}/queries/{{model}}.train"),
     log:
-        f"{LOGS}/mine_round.{{round}}.log",
+        f"{LOGS}/encode_train_queries.{{model}}.log",
     benchmark:
-        f"{BENCH}/mine_round.{{round}}.tsv"
+        f"{BENCH}/encode_train_queries.{{model}}.tsv"
     params:
-        depth=lambda wildcards: ROUNDS[wildcards.round]["depth"],
-        per_positive=lambda wildcards: ROUNDS[wildcards.round]["per_positive"],
-        seed=lambda wildcards: ROUNDS[wildcards.round]["seed"],
-        source=lambda wildcards: ROUNDS[wildcards.round]["model"],
+        model=dense_model_spec,
+        precision=config["dense"]["precision"],
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=rule_resource("encode_queries", "mem_mb", 8000),
+        runtime=rule_resource("encode_queries", "runtime", 60),
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline.dense.queries --model {params.model:q} --queries {input.queries:q} --out {output:q}"
+        " --judged {input.qrels:q} --precision {params.precision:q} --latency-queries 0 > {log:q} 2>&1"
+
+
+rule mine_round:
+    input:
+        run=f"{OUT}/runs/{{model}}.train.trec",
+        qrels=f"{RES}/qrels.train.txt",
+    output:
+        triples=f"{RES}/triples.mined-{{model}}-top{{depth}}-x{{per_positive}}-seed{{seed}}.tsv",
+        manifest=f"{RES}/triples.mined-{{model}}-top{{depth}}-x{{per_positive}}-seed{{seed}}.manifest.json",
+    log:
+        f"{LOGS}/mine_round.{{model}}-top{{depth}}-x{{per_positive}}-seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/mine_round.{{model}}-top{{depth}}-x{{per_positive}}-seed{{seed}}.tsv"
+    wildcard_constraints:
+        depth=r"\d+",
+        per_positive=r"\d+",
+        seed=r"\d+",
     threads: 1
     resources:
         mem_mb=rule_resource("mine_round", "mem_mb", 8000),
@@ -28,14 +55,14 @@ rule mine_round:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline.data.negatives --run {input.run:q} --qrels {input.qrels:q} --out {output.triples:q}"
-        " --manifest {output.manifest:q} --source {params.source:q} --depth {params.depth:q}"
-        " --per-positive {params.per_positive:q} --seed {params.seed:q} > {log:q} 2>&1"
+        " --manifest {output.manifest:q} --source {wildcards.model:q} --depth {wildcards.depth:q}"
+        " --per-positive {wildcards.per_positive:q} --seed {wildcards.seed:q} > {log:q} 2>&1"
 
 
 rule train_round_teacher:
     input:
         init=previous_teacher,
-        triples=f"{RES}/triples.{{retrained}}.tsv",
+        triples=round_triples,
         queries=f"{RES}/queries.train.tsv",
         collection=f"{RES}/collection.tsv",
     output:

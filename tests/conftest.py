@@ -121,3 +121,14 @@ def train_small_teacher(root: Path, cfg) -> tuple[Path, dict[str, Path]]:
                   root / "ck_teacher", root / "teacher.csv", cfg)
     return bert, data
 
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first (`@pytest.mark.slow(seconds=...)`, the test's usual duration on 2 AVX2 cores): under
+    pytest-xdist (`make test` runs two workers) the whole-DAG run starts at once on one worker while the
+    other takes the rest, instead of starting last and running alone."""
+    def expected(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("slow")
+        return marker.kwargs.get("seconds", 15) if marker else 0
+
+    items.sort(key=expected, reverse=True)  # a stable sort: other tests keep their order

@@ -15,6 +15,7 @@ from pipeline.io import (
     IDS_FILE,
     InputFormatError,
     open_shard,
+    read_queries,
     read_run,
     write_id_text,
     write_ids,
@@ -36,7 +37,7 @@ def corpus(tmp_path_factory):
     write_id_text(root / "queries.tsv", [(f"q{i}", " ".join(rng.choice(WORDS, size=3))) for i in range(12)])
     BiEncoder.from_backbone(str(make_tiny_bert(root / "bert"))).save(root / "model")
     BiEncoder.from_backbone(str(make_tiny_bert(root / "bert2", seed=1))).save(root / "other_model")
-    encode_queries(str(root / "model"), root / "queries.tsv", root / "q", precision="fp32", latency_queries=3)
+    encode_queries(str(root / "model"), [root / "queries.tsv"], [root / "q"], precision="fp32", latency_queries=3)
     return root
 
 
@@ -212,9 +213,42 @@ def test_bad_shards_and_mismatched_models_are_refused(corpus, tmp_path):
     assert not (tmp_path / "index").exists()
 
     build_index(encode_sharded(corpus, 1), corpus / "collection.tsv", tmp_path / "index")
-    encode_queries(str(corpus / "other_model"), corpus / "queries.tsv", tmp_path / "other_q", latency_queries=0)
+    encode_queries(str(corpus / "other_model"), [corpus / "queries.tsv"], [tmp_path / "other_q"], latency_queries=0)
     with pytest.raises(InputFormatError, match="model_fingerprint"):
         dense_search(tmp_path / "index", tmp_path / "other_q", tmp_path / "run.trec")
+
+
+def test_one_job_encodes_every_split_times_the_timed_ones_and_mining_encodes_judged_queries_only(corpus, tmp_path):
+    """encode_queries' rule hands one model every split: each gets the vectors it would get alone, only the
+    --timed ones a latency; --judged (mining's train split) leaves out queries without a relevant judgement."""
+    import subprocess
+    import sys
+
+    texts = read_queries(corpus / "queries.tsv")
+    write_id_text(tmp_path / "queries.dl.tsv", list(texts.items())[:4])
+    write_id_text(tmp_path / "queries.train.tsv", list(texts.items()))
+    (tmp_path / "qrels.txt").write_text("q0 0 d1 1\nq3 0 d2 2\nq5 0 d3 0\n")  # q5: judged, not relevant
+    outs = [tmp_path / "dev", tmp_path / "dl"]
+    result = subprocess.run([sys.executable, "-m", "pipeline.dense.queries", "--model", str(corpus / "model"),
+                             "--queries", str(corpus / "queries.tsv"), str(tmp_path / "queries.dl.tsv"),
+                             "--out", *map(str, outs), "--timed", str(corpus / "queries.tsv"),
+                             "--latency-queries", "2", "--precision", "fp32"],
+                            capture_output=True, text=True, timeout=hang_guard(120))
+    assert result.returncode == 0, result.stderr
+    dev, dev_ids, dev_manifest = open_shard(outs[0])
+    alone, alone_ids, _ = open_shard(corpus / "q")
+    assert dev_ids == alone_ids and np.allclose(dev, alone, atol=1e-5)
+    dl, dl_ids, dl_manifest = open_shard(outs[1])
+    assert dl_ids == dev_ids[:4] and np.allclose(dl, dev[:4], atol=1e-5)
+    assert dev_manifest["latency_queries"] == 2 and dl_manifest["latency_ms_median"] is None
+    [train] = encode_queries(str(corpus / "model"), [tmp_path / "queries.train.tsv"], [tmp_path / "train"],
+                             latency_queries=0, judged=tmp_path / "qrels.txt")
+    _, train_ids, _ = open_shard(tmp_path / "train")
+    assert train_ids == ["q0", "q3"] and train["unjudged_left_out"] == len(texts) - 2
+    mismatched = subprocess.run([sys.executable, "-m", "pipeline.dense.queries", "--model", str(corpus / "model"),
+                                 "--queries", str(corpus / "queries.tsv"), "--out", *map(str, outs)],
+                                capture_output=True, text=True, timeout=hang_guard(60))
+    assert mismatched.returncode == 2 and "1 --queries files but 2 --out directories" in mismatched.stderr
 
 
 def test_offline_published_checkpoint_fails_with_a_message(corpus, tmp_path):

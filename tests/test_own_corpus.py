@@ -73,7 +73,7 @@ def workdir(tmp_path) -> Path:
     return copy_workflow(tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_own_corpus_train_test_splits_end_to_end(workdir):
     """About 2 minutes on 2 cores (a tiny random BERT and 3 training steps); the guard allows 20."""
     facts = write_corpus(workdir / "data" / "mine")

@@ -171,7 +171,7 @@ def test_encoding_stages_record_their_precision(tmp_path, monkeypatch):
     write_id_text(tmp_path / "collection.tsv", [("1", "a passage"), ("2", "another passage")])
     write_id_text(tmp_path / "queries.tsv", [("q1", "a query")])
     corpus = encode_corpus(str(tmp_path / "model"), tmp_path / "collection.tsv", tmp_path / "shard")
-    queries = encode_queries(str(tmp_path / "model"), tmp_path / "queries.tsv", tmp_path / "queries",
-                             latency_queries=1)
+    [queries] = encode_queries(str(tmp_path / "model"), [tmp_path / "queries.tsv"], [tmp_path / "queries"],
+                               latency_queries=1)
     for manifest in (corpus, queries):
         assert manifest["precision"] == "fp32" and manifest["cpu_capability"] == precision.cpu_capability()

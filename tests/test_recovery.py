@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from pipeline.workflow_locks import OWNER_FILE, record_owner, release_stale_locks
 from tests.conftest import ROOT, copy_workflow, hang_guard, small_demo_overlay
 
@@ -60,6 +62,7 @@ def test_a_live_or_foreign_lock_is_kept(tmp_path):
     assert "stale lock" in release_stale_locks(tmp_path) and not locks.exists()
 
 
+@pytest.mark.slow(seconds=20)
 def test_killed_prepare_data_leaves_no_staging_directory(tmp_path):
     """SIGKILL while prepare_data writes its staging copy; the rerun removes it and finishes."""
     out = tmp_path / "resources"

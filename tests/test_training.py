@@ -104,6 +104,7 @@ def student_command(root: Path, data: dict, name: str, steps: int, *extra: str) 
             "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", *extra]
 
 
+@pytest.mark.slow(seconds=40)
 def test_killed_and_resumed_run_equals_uninterrupted(setup):
     root, data = setup
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -152,6 +153,7 @@ def test_triples_with_unknown_ids_are_refused(setup, tmp_path):
                       tmp_path / "s.csv", CFG)
 
 
+@pytest.mark.slow(seconds=32)
 def test_two_process_torchrun_matches_single_process_accumulation(tmp_path):
     """DDP over 2 gloo ranks accumulating 2 micro-batches each = one process accumulating the same 4: one
     softmax over the whole batch either way (passages gathered across ranks by default, gradients cached
@@ -182,6 +184,7 @@ def test_two_process_torchrun_matches_single_process_accumulation(tmp_path):
     assert len(losses(tmp_path / "own.csv")) == 3
 
 
+@pytest.mark.slow(seconds=55)
 def test_killed_two_process_run_resumes_every_rank_where_it_stopped(setup, tmp_path):
     """With dropout each rank draws its own masks: a SIGKILLed torchrun run, resumed, ends with the weights
     and losses of an uninterrupted one only if every rank gets its own random state back."""

@@ -146,7 +146,7 @@ def test_lint_is_clean(workdir):
     assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr, result.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=330)
 def test_small_demo_dag_end_to_end(workdir):
     """The demo profile's whole DAG on a small synthetic set with a tiny random BERT, Table 4 included.
 
@@ -228,19 +228,21 @@ def assert_hard_negative_rounds(resources, results):
 
     qrels, run = read_qrels(resources / "qrels.train.txt"), read_run(results / "runs" / "tct_inbatch.train.trec")
     top = {qid: set(sorted(hits, key=lambda pid: (-hits[pid], pid))[:200]) for qid, hits in run.items()}
-    for round_name in ("hn", "hnp"):
-        manifest = json.loads((resources / f"triples.{round_name}.manifest.json").read_text())
-        assert manifest["source"] == "tct_inbatch" and manifest["depth"] == 200
-        assert Path(manifest["run"]).name == "tct_inbatch.train.trec"
-        triples = read_triples(resources / f"triples.{round_name}.tsv")
-        assert len(triples) == manifest["counts"]["triples"] > 0
-        for qid, positive, negative in triples:
-            assert qrels[qid][positive] > 0 and qrels[qid].get(negative, 0) <= 0 and negative in top[qid]
+    # HN and HN+ mine alike (tct_inbatch, top 200, 4 per positive, seed 13): one file, one mine_round job.
+    mined = resources / "triples.mined-tct_inbatch-top200-x4-seed13.tsv"
+    assert sorted(path.name for path in resources.glob("triples.mined-*.tsv")) == [mined.name]
+    manifest = json.loads(mined.with_suffix(".manifest.json").read_text())
+    assert manifest["source"] == "tct_inbatch" and manifest["depth"] == 200
+    assert Path(manifest["run"]).name == "tct_inbatch.train.trec"
+    triples = read_triples(mined)
+    assert len(triples) == manifest["counts"]["triples"] > 0
+    for qid, positive, negative in triples:
+        assert qrels[qid][positive] > 0 and qrels[qid].get(negative, 0) <= 0 and negative in top[qid]
     checkpoints = sorted((resources / "checkpoints" / "teacher-hnp").glob("step-*.pt"))
     made_from = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["made_from"]["inputs"]
     assert Path(made_from["init_from"]["path"]) == Path("resources/synthetic/models/teacher")
     assert made_from["init_from"]["digest"] == source_digest(resources / "models" / "teacher")
-    assert made_from["triples"]["digest"] == source_digest(resources / "triples.hnp.tsv")
+    assert made_from["triples"]["digest"] == source_digest(mined)
     student = sorted((resources / "checkpoints" / "tct_hnp").glob("step-*.pt"))
     teacher = torch.load(student[-1], map_location="cpu", weights_only=False)["made_from"]["inputs"]["teacher"]
     assert teacher["digest"] == source_digest(resources / "models" / "teacher-hnp")

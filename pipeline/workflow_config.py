@@ -186,6 +186,27 @@ def check_references(config: dict) -> None:
             raise ConfigReferenceError(f"{key} names run {run!r}, which {_why_unknown(config, run)}: {fix}")
     _check_candidate_splits(config)
     _check_rounds(config)
+    _check_inits(config)
+
+
+def _check_inits(config: dict) -> None:
+    """A variant's `init` is teacher, backbone, or another variant, and following inits never comes back to
+    where it started (the DAG would have a cycle)."""
+    variants = config["student"]["variants"]
+    for variant in variants:
+        seen = [variant]
+        init = variants[variant].get("init")
+        while init not in (None, "teacher", "backbone"):
+            if init not in variants:
+                raise ConfigReferenceError(
+                    f"student.variants.{seen[-1]}.init is {init!r}: not teacher, backbone or a variant of "
+                    f"student.variants {sorted(variants)}: change it, or remove the variant with `{seen[-1]}: null`")
+            if init in seen:
+                circle = " -> ".join([*seen, init])
+                raise ConfigReferenceError(f"student.variants.{variant}: init goes round in a circle ({circle}): "
+                                           "start one of them from teacher or backbone")
+            seen.append(init)
+            init = variants[init].get("init")
 
 
 def _check_rounds(config: dict) -> None:

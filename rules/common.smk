@@ -237,12 +237,22 @@ def flag_arguments(settings):
     return args
 
 
-def loop_arguments(stage):
+ROUND_LOOP = ("steps", "warmup_steps", "schedule")  # a round's own settings for the students training on it
+
+
+def loop_arguments(stage, overrides=None):
     """The training-loop options of `stage` (teacher or student) as command-line arguments."""
     model = config["model"]
     args = ["--max-query-length", model["query_length"], "--max-doc-length", model["doc_length"],
             "--pool-start", model["pool_start"]]
-    return [str(a) for a in args] + flag_arguments(config[stage]["train"])
+    return [str(a) for a in args] + flag_arguments({**config[stage]["train"], **(overrides or {})})
+
+
+def student_loop(wildcards):
+    """Params function: student.train, with the steps, warm-up and schedule of the variant's round where it sets them."""
+    variant = VARIANTS[wildcards.variant]
+    settings = ROUNDS[variant["negatives"]] if "negatives" in variant else {}
+    return loop_arguments("student", {key: settings[key] for key in ROUND_LOOP if key in settings})
 
 
 def launcher(stage):
@@ -316,8 +326,10 @@ def student_inputs(wildcards):
     triples = mined_triples(variant["negatives"]) if "negatives" in variant else f"{RES}/triples.train.tsv"
     inputs = {"triples": triples, "queries": f"{RES}/queries.train.tsv", "collection": f"{RES}/collection.tsv"}
     online = variant["condition"] != "none" and "teacher_scores" not in variant
-    if online or variant.get("embed_weight", 0) > 0 or config["student"]["init"] == "teacher":
+    if online or variant.get("embed_weight", 0) > 0 or student_init(wildcards) == "teacher":
         inputs["teacher"] = student_teacher(wildcards)
+    if student_init(wildcards) not in ("teacher", "backbone"):
+        inputs["init"] = f"{RES}/models/{student_init(wildcards)}"  # another variant: trained first
     if "teacher_scores" in variant:
         inputs["teacher_scores"] = variant["teacher_scores"]
     if variant.get("generated_ratio", 0) > 0:
@@ -325,16 +337,26 @@ def student_inputs(wildcards):
     return inputs
 
 
+def student_init(wildcards):
+    """Where a variant starts: its own `init`, else student.init (teacher, backbone or another variant's name)."""
+    return VARIANTS[wildcards.variant].get("init", config["student"]["init"])
+
+
 def student_options(wildcards):
     """Variant-specific options of pipeline.train.student."""
-    student, variant = config["student"], VARIANTS[wildcards.variant]
+    student, variant, init = config["student"], VARIANTS[wildcards.variant], student_init(wildcards)
     args = ["--condition", variant["condition"], "--gamma", variant.get("gamma", student["gamma"]),
-            "--teacher-tau", student["teacher_tau"], "--student-tau", student["student_tau"],
-            "--init", student["init"]]
+            "--teacher-tau", student["teacher_tau"], "--student-tau", student["student_tau"]]
+    if init in ("teacher", "backbone"):
+        args += ["--init", init]
+    else:
+        args += ["--init", "student", "--init-from", f"{RES}/models/{init}"]
     if "teacher" in student_inputs(wildcards):
         args += ["--teacher", student_teacher(wildcards)]
-    if student["init"] == "backbone":
+    if init == "backbone":
         args += ["--backbone", config["model"]["backbone"]]
+    if student["teacher_dropout"]:
+        args.append("--teacher-dropout")
     args.append("--gather" if student["gather"] else "--no-gather")  # across GPUs: one softmax over the batch
     if variant.get("embed_weight", 0) > 0:
         args += ["--embed-weight", variant["embed_weight"]]

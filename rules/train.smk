@@ -56,7 +56,7 @@ rule train_student:
     params:
         launcher=launcher("student"),
         checkpoints=lambda wildcards: f"{RES}/checkpoints/{wildcards.variant}",
-        loop=loop_arguments("student"),
+        loop=student_loop,
         options=student_options,
     threads: 4
     resources:

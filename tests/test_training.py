@@ -72,20 +72,57 @@ def test_student_loss_falls_and_teacher_stays_frozen(setup, monkeypatch):
     assert any(not torch.equal(teacher_bert[k], student_bert[k]) for k in teacher_bert)
 
 
-@pytest.mark.parametrize("init", ["teacher", "backbone"])
+@pytest.mark.parametrize("init", ["teacher", "backbone", "student"])
 def test_student_starts_from_the_chosen_weights(setup, init):
-    """With a zero learning rate the saved student is its initialisation: the teacher's BERT or the backbone."""
+    """With a zero learning rate the saved student is its initialisation: the teacher's BERT, the backbone, or
+    another trained student (a hard-negative round continuing from tct_inbatch)."""
     root, data = setup
+    previous = root / f"previous_for_{init}"
+    train_student(root / "teacher", data["triples"], data["queries"], data["collection"], previous,
+                  root / f"ck_previous_{init}", root / f"previous_{init}.csv",
+                  LoopConfig(steps=2, batch_size=8, lr=1e-3, warmup_steps=0, checkpoint_every=100))
     cfg = LoopConfig(steps=2, batch_size=8, lr=0.0, warmup_steps=0, checkpoint_every=100)
     train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / f"init_{init}",
-                  root / f"ck_init_{init}", root / f"init_{init}.csv", cfg, init=init, backbone=str(root / "bert"))
-    source = weights(root / ("teacher" if init == "teacher" else "bert"))
-    student = weights(root / f"init_{init}")
+                  root / f"ck_init_{init}", root / f"init_{init}.csv", cfg, init=init, backbone=str(root / "bert"),
+                  init_from=previous)
+    sources = {"teacher": root / "teacher", "backbone": root / "bert", "student": previous}
+    source, student = weights(sources[init]), weights(root / f"init_{init}")
     shared = [k for k in student if k in source]
     assert len(shared) >= len(student) - 1  # a pooler the backbone saves and the student may not use
     assert all(torch.equal(student[k], source[k]) for k in shared)
-    other = weights(root / ("bert" if init == "teacher" else "teacher"))
-    assert any(not torch.equal(student[k], other[k]) for k in shared if k in other)
+    for name, other in sources.items():
+        if name != init:
+            assert any(not torch.equal(student[k], weights(other)[k]) for k in shared if k in weights(other)), name
+    state = load_checkpoint(sorted((root / f"ck_init_{init}").glob("step-*.pt"))[-1])
+    assert ("init_from" in state["made_from"]["inputs"]) == (init == "student")
+
+
+@pytest.mark.parametrize(("schedule", "warmup", "expected"),
+                         [("constant", 0, [1.0] * 6), ("linear", 2, [0.5, 1.0, 0.75, 0.5, 0.25, 0.0])])
+def test_learning_rate_follows_the_schedule(setup, schedule, warmup, expected):
+    """The teacher's default (ColBERT v1) holds the rate; the students' (released code) warm up, then decay to 0.
+    The losses file logs, after each step, the rate the next step uses."""
+    root, data = setup
+    cfg = LoopConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=warmup, checkpoint_every=100, schedule=schedule)
+    train_teacher(str(root / "bert"), data["triples"], data["queries"], data["collection"], root / f"t_{schedule}",
+                  root / f"ck_t_{schedule}", root / f"t_{schedule}.csv", cfg)
+    assert losses(root / f"t_{schedule}.csv", "lr") == pytest.approx([1e-3 * factor for factor in expected])
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_teacher_labels_in_eval_mode_unless_asked_for_dropout(setup, monkeypatch, dropout):
+    """Eval mode by default (deterministic soft labels); `teacher_dropout` keeps BERT's dropout on while the
+    teacher labels, as the released code's teacher does, and is recorded in the checkpoints' fingerprint."""
+    root, data = setup
+    frozen = ColBERT.load(root / "teacher")
+    monkeypatch.setattr(student_module.ColBERT, "load", classmethod(lambda cls, directory: frozen))
+    cfg = LoopConfig(steps=2, batch_size=8, lr=1e-3, warmup_steps=0, checkpoint_every=100)
+    train_student(root / "teacher", data["triples"], data["queries"], data["collection"], root / f"drop_{dropout}",
+                  root / f"ck_drop_{dropout}", root / f"drop_{dropout}.csv", cfg, teacher_dropout=dropout)
+    assert all(module.training == dropout for module in frozen.modules())
+    assert not any(parameter.requires_grad for parameter in frozen.parameters())
+    state = load_checkpoint(sorted((root / f"ck_drop_{dropout}").glob("step-*.pt"))[-1])
+    assert state["made_from"]["settings"].get("teacher_dropout", False) == dropout
 
 
 def test_bf16_autocast_training_runs_and_logs_finite_losses(setup):

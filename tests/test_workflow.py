@@ -80,7 +80,44 @@ def test_demo_is_table1_and_demo_full_adds_tables_3_5_and_the_rounds(workdir):
     extra = ("fuse_methods", "tune_fusion_methods", "mine_round", "train_round_teacher", "dense_rerank")
     assert [rule for rule in extra if rule in demo] == [] and all(demo_full.get(rule) for rule in extra)
     assert demo["train_student"] == 2 and demo_full["train_student"] == 5  # + tct_triplet, tct_hn, tct_hnp
+    assert demo_full["mine_round"] == 1  # HN and HN+ mine alike: one job, one file
     assert all(demo_full[rule] >= count for rule, count in demo.items())
+
+
+def jobs_of(result, rule: str) -> list[str]:
+    """The blocks of a `snakemake -n -p` listing for `rule`'s jobs: its inputs, wildcards and shell command."""
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout)
+    return [block for block in blocks if block.startswith((f"rule {rule}:", f"localrule {rule}:"))]
+
+
+def test_paper_recipe_schedules_inits_and_shared_mining(workdir):
+    """config.yaml's recipe as the jobs receive it: the teacher at a constant rate (ColBERT v1), the students
+    decaying linearly (released code); the round students continue from tct_inbatch, so they train after it;
+    HN and HN+ share one mining job, over the judged train queries only."""
+    result = snakemake(workdir, "-n", "-p")
+    assert result.returncode == 0, result.stderr
+    [teacher] = jobs_of(result, "train_teacher")
+    assert "--schedule constant" in teacher and "--warmup-steps 0" in teacher
+    students = {re.search(r"variant=(\w+)", block).group(1): block for block in jobs_of(result, "train_student")}
+    inbatch = "resources/msmarco-passage/models/tct_inbatch"
+    for name in ("tct_hn", "tct_hnp"):
+        assert f"--init student --init-from {inbatch}" in students[name] and "--schedule linear" in students[name]
+        assert inbatch in students[name].split("output:")[0]  # an input: the DAG trains tct_inbatch first
+    assert "--init teacher" in students["tct_inbatch"] and "--teacher-dropout" not in students["tct_inbatch"]
+    [mining] = jobs_of(result, "mine_round")
+    assert "triples.mined-tct_inbatch-top200-x4-seed13.tsv" in mining
+    [encoding] = jobs_of(result, "encode_train_queries")
+    assert "--judged resources/msmarco-passage/qrels.train.txt" in encoding
+
+
+def test_released_profile_trains_nothing(workdir):
+    """profiles/released evaluates the v1 and v2 checkpoints as published: no training rule in its DAG."""
+    result = snakemake(workdir, "-n", "--quiet", "rules", "--profile", "profiles/released")
+    assert result.returncode == 0, result.stderr
+    listed = result.stdout.split("Job stats:")[-1]
+    assert [rule for rule in ("train_teacher", "train_student", "train_round_teacher", "train_doc2query",
+                              "mine_round", "encode_tokens") if rule in listed] == []
+    assert re.search(r"\bencode_queries +4\n", listed) and "fuse " in listed
 
 
 def test_doc2query_sources_choose_their_rules(workdir):
@@ -219,8 +256,9 @@ def test_small_demo_dag_end_to_end(workdir):
 
 
 def assert_hard_negative_rounds(resources, results):
-    """The demo's HN and HN+ rounds: negatives mined from tct_inbatch's own train run, top 200, never a judged
-    positive; the HN+ teacher trained from the first teacher's weights, and the HN+ student distilling it."""
+    """The demo's HN and HN+ rounds: negatives mined once from tct_inbatch's own train run, top 200, never a judged
+    positive; the HN+ teacher trained from the first teacher's weights, and the HN+ student, continuing from
+    tct_inbatch, distilling it."""
     import torch
 
     from pipeline.io import read_qrels, read_run
@@ -244,5 +282,6 @@ def assert_hard_negative_rounds(resources, results):
     assert made_from["init_from"]["digest"] == source_digest(resources / "models" / "teacher")
     assert made_from["triples"]["digest"] == source_digest(mined)
     student = sorted((resources / "checkpoints" / "tct_hnp").glob("step-*.pt"))
-    teacher = torch.load(student[-1], map_location="cpu", weights_only=False)["made_from"]["inputs"]["teacher"]
-    assert teacher["digest"] == source_digest(resources / "models" / "teacher-hnp")
+    inputs = torch.load(student[-1], map_location="cpu", weights_only=False)["made_from"]["inputs"]
+    assert inputs["teacher"]["digest"] == source_digest(resources / "models" / "teacher-hnp")
+    assert inputs["init_from"]["digest"] == source_digest(resources / "models" / "tct_inbatch")  # v2: continued

@@ -143,6 +143,18 @@ def test_hard_negative_rounds_resolve_and_name_the_key():
         merged(OWN_SPLITS, {"dataset": {"splits": ["test"]}, "doc2query": {"source": "none"}})
 
 
+def test_a_variant_starts_from_the_teacher_the_backbone_or_another_variant():
+    config, _ = merged()
+    assert config["student"]["variants"]["tct_hn"]["init"] == "tct_inbatch"  # v2: the round continues
+    assert "init" not in config["student"]["variants"]["tct_inbatch"]  # student.init: the teacher
+    with pytest.raises(ConfigReferenceError, match=r"student\.variants\.tct_hn\.init is 'tct_gone': not teacher, "
+                                                   r"backbone or a variant"):
+        merged({"student": {"variants": {"tct_hn": {"condition": "inbatch", "negatives": "hn", "init": "tct_gone"}}}})
+    with pytest.raises(ConfigReferenceError, match=r"init goes round in a circle \(tct_inbatch -> tct_hn -> "
+                                                   r"tct_inbatch\)"):
+        merged({"student": {"variants": {"tct_inbatch": {"condition": "inbatch", "init": "tct_hn"}}}})
+
+
 def test_report_scatter_follows_table1_without_table2():
     config, _ = merged({"table2": None})
     assert config["report"]["scatter"] == ["bm25", "d2q"]

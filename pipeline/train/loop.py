@@ -1,6 +1,7 @@
 """The training loop shared by teacher and student.
 
-AdamW (no decay on biases and LayerNorm), linear warm-up then linear decay, gradient clipping,
+AdamW (no decay on biases and LayerNorm), a linear warm-up then a linear decay to 0 or a constant rate
+(`schedule`: the students' released recipe, and ColBERT v1's teacher), gradient clipping,
 gradient accumulation, mixed precision chosen from the hardware (`pipeline.precision`; fp16 with a
 GradScaler), a progress bar, a CSV of losses, checkpoints every N steps
 that a killed run resumes from, and DistributedDataParallel when started by torchrun.
@@ -39,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_scheduler
 
 from pipeline import precision as amp_precision
 from pipeline.io import atomic_directory, atomic_output, file_checksum
@@ -65,9 +66,12 @@ class LoopConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     resume: str = "auto"  # or "discard": see RESUME_MODES
+    schedule: str = "linear"  # or "constant": see SCHEDULES
 
 
 RESUME_MODES = ("auto", "discard")
+# After `warmup_steps` of linear warm-up: transformers' schedule of that name.
+SCHEDULES = {"linear": "linear", "constant": "constant_with_warmup"}
 # LoopConfig fields that do not change the trained weights: a resume may change them freely.
 NOT_FINGERPRINTED = ("checkpoint_every", "keep_checkpoints", "resume")
 # Where each stage's `resume` lives in the config, for the message of a refused resume.
@@ -174,7 +178,10 @@ def source_digest(source: str | Path | Sequence | dict | None) -> str:
 def _plain(value):
     """Settings as JSON values: dataclasses as dicts (without NOT_FINGERPRINTED loop fields), paths as strings."""
     if isinstance(value, LoopConfig):
-        return {k: _plain(v) for k, v in asdict(value).items() if k not in NOT_FINGERPRINTED}
+        # `schedule: linear` was the only schedule before the setting existed: left out, so that checkpoints
+        # written then still resume; `constant` is recorded.
+        return {k: _plain(v) for k, v in asdict(value).items()
+                if k not in NOT_FINGERPRINTED and (k, v) != ("schedule", "linear")}
     if is_dataclass(value) and not isinstance(value, type):
         return _plain(asdict(value))
     if isinstance(value, dict):
@@ -284,6 +291,8 @@ def fit(model: nn.Module, objective: Objective, batches: TripleBatches, cfg: Loo
     """
     if cfg.resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {RESUME_MODES}, not {cfg.resume!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {tuple(SCHEDULES)}, not {cfg.schedule!r}")
     parts = ctx.world * cfg.accumulation
     if cfg.batch_size % parts:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by world size x accumulation = {parts}")
@@ -295,7 +304,8 @@ def fit(model: nn.Module, objective: Objective, batches: TripleBatches, cfg: Loo
     module = (nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
                                                   else None) if ctx.world > 1 else model)
     optimizer = _optimizer(model, cfg)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=cfg.steps)
     precision = amp_precision.resolve_and_log(cfg.precision, ctx.device, desc)
     scaler = amp_precision.grad_scaler(ctx.device, precision)
     start = _resume(model, optimizer, scheduler, scaler, checkpoint_dir, made_from, cfg.resume, ctx)
@@ -450,6 +460,9 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + field.name.replace("_", "-")
         if field.name == "precision":
             amp_precision.add_precision_argument(parser)
+        elif field.name == "schedule":
+            parser.add_argument("--schedule", choices=tuple(SCHEDULES), default=field.default,
+                                help="after the warm-up: linear decay to 0 at the last step, or a constant rate")
         elif field.name == "resume":
             parser.add_argument("--resume", choices=RESUME_MODES, default="auto",
                                 help="checkpoints made from other inputs or settings: auto = stop with an error "

@@ -6,9 +6,12 @@
         --steps 160000 --batch-size 96 --lr 7e-6 --warmup-steps 10000
 
 Tight coupling: the frozen teacher scores the very batch the student sees, in the same step and
-from the same tokens (no precomputed scores). The student starts from the teacher's BERT weights
-unless `--init backbone`. The whole batch is one softmax: across GPUs under torchrun (`--gather`,
-the default) and across accumulated micro-batches (gradient caching, see `pipeline.train.gradcache`).
+from the same tokens (no precomputed scores). The student starts from the teacher's BERT weights,
+from `--backbone` (`--init backbone`), or from a trained student (`--init student --init-from DIR`: a
+hard-negative round continuing from the student that mined it). The teacher labels in eval mode unless
+`--teacher-dropout` (the released code keeps its dropout on). The whole batch is one softmax: across
+GPUs under torchrun (`--gather`, the default) and across accumulated micro-batches (gradient caching,
+see `pipeline.train.gradcache`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 # What embedding matching pulls the student toward, recorded in the checkpoints' fingerprint: earlier
 # versions matched the teacher's mean BERT hidden state, before its projection.
 EMBED_TARGET = "teacher MaxSim token vectors: masked mean, unit length"
+INIT_FLAGS = {"teacher": "teacher", "backbone": "backbone", "student": "init-from"}  # --init and the path it needs
 
 
 class _QueryPassageEncoder(nn.Module):
@@ -226,7 +230,8 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
                   checkpoints: Path, losses: Path, cfg: LoopConfig, condition: str = "inbatch", gamma: float = 0.1,
                   teacher_tau: float = 0.25, student_tau: float = 1.0, init: str = "teacher",
                   backbone: str | None = None, gather: bool = True, conv: Conventions = Conventions(),
-                  ctx: Context | None = None, teacher_scores: Path | None = None,
+                  ctx: Context | None = None, teacher_scores: Path | None = None, init_from: Path | None = None,
+                  teacher_dropout: bool = False,
                   embed_weight: float = 0.0, generated: dict[str, list[str]] | None = None,
                   generated_ratio: float = 0.0, generated_files: Sequence[Path] = ()) -> None:
     """Distil `teacher_dir` into a bi-encoder and save it to `out` (condition `none` needs no teacher).
@@ -252,11 +257,11 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
     if (condition != "none" and teacher_scores is None) or embed_weight > 0:
         if teacher_dir is None:
             raise ValueError(f"condition {condition!r} distils a teacher: give --teacher")
-        teacher = ColBERT.load(teacher_dir).to(ctx.device).eval().requires_grad_(False)
+        teacher = ColBERT.load(teacher_dir).to(ctx.device).train(teacher_dropout).requires_grad_(False)
         conv = teacher.conv  # share the teacher's tokenisation: one tokenised batch feeds both models
-    source = {"teacher": teacher_dir, "backbone": backbone}[init]
+    source = {"teacher": teacher_dir, "backbone": backbone, "student": init_from}[init]
     if source is None:
-        raise ValueError(f"--init {init} needs --{init}")
+        raise ValueError(f"--init {init} needs --{INIT_FLAGS[init]}")
     student = BiEncoder.from_backbone(str(source), conv)
     if teacher is not None and student.tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
         raise ValueError(f"student backbone {source} and teacher {teacher_dir} use different vocabularies; "
@@ -273,11 +278,14 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
     made_from = fingerprint(
         "student",
         {"init": init, "loop": cfg, "condition": condition, "gamma": gamma, "teacher_tau": teacher_tau,
+         **({"teacher_dropout": True} if teacher_dropout else {}),
          "student_tau": student_tau, "gather": gathering, "conv": conv, "world": ctx.world,
          "embed_weight": embed_weight, "generated_ratio": generated_ratio,
          **({"embed_target": EMBED_TARGET} if embed_weight > 0 else {})},
         {"teacher": teacher_dir if teacher is not None or init == "teacher" else None,
-         "backbone": backbone if init == "backbone" else None, "triples": triples, "queries": queries,
+         "backbone": backbone if init == "backbone" else None,
+         **({"init_from": init_from} if init == "student" else {}),  # absent otherwise: older checkpoints resume
+         "triples": triples, "queries": queries,
          "collection": collection, "teacher_scores": teacher_scores,
          # The prediction files when given (a multi-GB file is sampled), else the queries handed in.
          "generated": list(generated_files) if generated_files else generated},
@@ -295,8 +303,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gamma", type=float, default=0.1, help="weight of the hard-label loss (Eq. 6)")
     parser.add_argument("--teacher-tau", type=float, default=0.25)
     parser.add_argument("--student-tau", type=float, default=1.0)
-    parser.add_argument("--init", choices=("teacher", "backbone"), default="teacher")
+    parser.add_argument("--init", choices=tuple(INIT_FLAGS), default="teacher")
     parser.add_argument("--backbone", default=None, help="with --init backbone: Hub id, directory or all-MiniLM-L6-v2")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="with --init student: a trained student's directory")
+    parser.add_argument("--teacher-dropout", action="store_true",
+                        help="the teacher labels with BERT's dropout on (the released code); default: eval mode")
     parser.add_argument("--gather", action=argparse.BooleanOptionalAction, default=True,
                         help="under torchrun, one softmax over every rank's passages (the paper's batch); "
                              "--no-gather: each rank's own")
@@ -317,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     train_student(args.teacher, args.triples, args.queries, args.collection, args.out, args.checkpoints,
                   args.losses, loop_config(args), args.condition, args.gamma, args.teacher_tau, args.student_tau,
                   args.init, args.backbone, args.gather, conv, teacher_scores=args.teacher_scores,
+                  init_from=args.init_from, teacher_dropout=args.teacher_dropout,
                   embed_weight=args.embed_weight,
                   generated=read_generated(args.generated, args.triples) if args.generated else None,
                   generated_ratio=args.generated_ratio, generated_files=args.generated)

@@ -37,9 +37,11 @@ scifact: $(STAMP)
 	$(BIN)/snakemake --profile profiles/scifact
 	@cat results/table4_distillation.md
 
+# Two pytest-xdist workers, one test at a time, the longest first (tests/conftest.py): the whole-DAG run on one
+# worker while the other takes the rest.
 test: $(STAMP)
 	$(BIN)/ruff check --no-cache pipeline tests benchmarks
-	$(BIN)/python -m pytest -q -ra --durations=20 -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -ra --durations=20 -n 2 --dist load --maxschedchunk 1
 
 # The GPU paths (precision auto, fp16 with loss scaling, GPU encoding, faiss-gpu search against the CPU's) on a
 # CUDA machine, in under 5 minutes; without a GPU it says so and exits 0. faiss-gpu: `make FAISS=gpu install`.

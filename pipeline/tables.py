@@ -303,8 +303,9 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
         _write(Path(out_dir) / "table2_latency.tsv", "Table 2 - latency per query", header, rows,
                ["Medians and 95th percentiles over single queries (the first `queries_timed` of the split), "
                 "measured by each stage on the device named, in the precision named (cpu_capability: the vector "
-                "ISA PyTorch's CPU kernels ran). index_bytes_per_passage: the pooled Faiss index against "
-                "ColBERT's stored token vectors (re-ranking) and those plus its token IVF-PQ index (end to end)."])
+                "ISA the stage's CPU kernels ran: PyTorch's for encoders, Faiss's build for search). "
+                "index_bytes_per_passage: the pooled Faiss index against ColBERT's stored token vectors "
+                "(re-ranking) and those plus its token IVF-PQ index (end to end)."])
     if spec.get("table3"):
         header, rows = build_table3(spec["table3"], results)
         _write(Path(out_dir) / "table3_ablation.tsv", "Table 3 - distillation conditions", header, rows,

@@ -11,6 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `make test` two workers share the cores: one thread each (torch, Faiss and what they start inherit
+    # it), else their OpenMP threads spin against each other's and a training test takes six times as long.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def hang_guard(seconds: float) -> float:
     """A subprocess time-out that only catches hangs, never measures speed.
@@ -124,11 +129,15 @@ def train_small_teacher(root: Path, cfg) -> tuple[Path, dict[str, Path]]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest first (`@pytest.mark.slow(seconds=...)`, the test's usual duration on 2 AVX2 cores): under
-    pytest-xdist (`make test` runs two workers) the whole-DAG run starts at once on one worker while the
-    other takes the rest, instead of starting last and running alone."""
+    """Slow tests (`@pytest.mark.slow(seconds=...)`, the usual duration on 2 AVX2 cores) longest first, each
+    followed by one fast test. `make test` runs pytest-xdist's load scheduler one test at a time after an
+    initial two per worker, so each worker starts with one of the longest (the whole-DAG run on one, the
+    own-corpus run on the other) and no long test waits behind another."""
     def expected(item: pytest.Item) -> float:
         marker = item.get_closest_marker("slow")
         return marker.kwargs.get("seconds", 15) if marker else 0
 
-    items.sort(key=expected, reverse=True)  # a stable sort: other tests keep their order
+    slow = sorted((item for item in items if expected(item)), key=expected, reverse=True)
+    fast = [item for item in items if not expected(item)]
+    paired = [test for index, long_one in enumerate(slow) for test in (long_one, *fast[index:index + 1])]
+    items[:] = paired + fast[len(slow):]

@@ -1,5 +1,5 @@
-"""Stages that work on runs and tables start fast: they import neither torch nor transformers (seconds per job,
-and the demo runs dozens of them)."""
+"""Stages that work on runs, tables and Faiss indexes start fast: they import neither torch nor transformers
+(seconds per job, and the demo runs dozens of them)."""
 
 import subprocess
 import sys
@@ -9,7 +9,8 @@ import pytest
 from tests.conftest import ROOT, hang_guard
 
 LIGHT_STAGES = ["pipeline.evaluate", "pipeline.fusion", "pipeline.fusion_methods", "pipeline.coverage",
-                "pipeline.tables", "pipeline.data.sample", "pipeline.tune_alpha"]
+                "pipeline.tables", "pipeline.data.sample", "pipeline.tune_alpha", "pipeline.dense.search",
+                "pipeline.dense.compare_indexes", "pipeline.dense.index"]
 
 
 @pytest.mark.parametrize("module", LIGHT_STAGES)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pipeline.timing import cpu_name
+
+if TYPE_CHECKING:
+    import torch
 
 
 def model_fingerprint(spec: str) -> str:
@@ -23,8 +25,11 @@ def model_fingerprint(spec: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model, for latency tables (a CPU-only torch beside faiss-gpu cannot name the GPU)."""
-    if device.type != "cuda":
+def device_name(device: torch.device | str) -> str:
+    """The GPU's name, or the CPU model, for latency tables (a CPU-only torch beside faiss-gpu cannot name the GPU).
+    torch is imported for a GPU only: Faiss's search stages on the CPU start without it."""
+    if getattr(device, "type", device) != "cuda":
         return cpu_name()
+    import torch
+
     return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "CUDA GPU"

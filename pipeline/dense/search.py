@@ -28,12 +28,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import torch
 
 from pipeline.cli import run_stage
 from pipeline.dense.runtime import device_name
 from pipeline.io import MANIFEST_FILE, InputFormatError, atomic_output, open_shard, read_manifest, write_run
-from pipeline.precision import describe
 from pipeline.timing import time_each
 
 log = logging.getLogger(__name__)
@@ -41,6 +39,13 @@ DEVICES = ("cpu", "gpu", "auto")
 GPU_FREE_FRACTION = 0.6  # of the free GPU memory for vectors; the rest for Faiss's scratch space and results
 
 Hits = tuple[np.ndarray, np.ndarray]  # (scores float32, rows int64), one row per query
+
+
+def faiss_isa() -> str:
+    """The instruction set Faiss's loaded build was compiled for ("AVX2", "AVX512", ...): what a search stage's
+    kernels ran, recorded where the encoding stages record PyTorch's CPU capability."""
+    options = faiss.get_compile_options().split()
+    return next((option for option in reversed(options) if option.startswith(("AVX", "SVE", "NEON"))), "generic")
 
 
 def load_index(index_dir: Path) -> tuple[faiss.Index, list[str], dict]:
@@ -197,15 +202,14 @@ def dense_search(index_dir: Path, queries_dir: Path, run_path: Path, hits: int =
               for qid, row_scores, row_ids in zip(qids, scores, rows, strict=True)}
     write_run(run_path, ranked, tag)
     search = time_each(range(min(latency_queries, len(qids))), lambda row: searcher.search(vectors[row:row + 1], k))
-    torch_device = torch.device("cuda" if searcher.device == "gpu" else "cpu")
     timing = {"queries": len(qids), "threads": threads, "hits": hits, "index": index_manifest["kind"],
-              "device": searcher.device, "device_name": device_name(torch_device),
+              "device": searcher.device, "device_name": device_name("cuda" if searcher.device == "gpu" else "cpu"),
               "fp16": fp16 and searcher.device == "gpu", "latency_queries": search["latency_queries"],
               "index_bytes_per_passage": index_manifest.get("bytes_per_passage"),
               "search_shards": len(searcher.bounds),
               "batch_seconds": round(batch_seconds, 3), "search_ms_median": search["latency_ms_median"],
               "search_ms_p95": search["latency_ms_p95"], "encoder_ms_median": query_manifest.get("latency_ms_median"),
-              **describe("fp16" if fp16 and searcher.device == "gpu" else "fp32")}
+              "precision": "fp16" if fp16 and searcher.device == "gpu" else "fp32", "cpu_capability": faiss_isa()}
     parts = [timing["search_ms_median"], timing["encoder_ms_median"]]
     timing["latency_ms_median"] = round(sum(parts), 3) if None not in parts else None
     with atomic_output(Path(run_path).with_suffix(".latency.json")) as out:

@@ -32,7 +32,7 @@ demo-full: $(STAMP)
 	$(BIN)/snakemake --profile profiles/demo-full
 	@cat results/table1.md results/table3_ablation.md results/table5_fusion.md
 
-# Real data: BEIR SciFact from ../shared/data, MiniLM, every distillation strategy (Table 4); run time per CPU: README, "On real data".
+# Real data: BEIR SciFact from ../shared/data, MiniLM, every distillation strategy (Table 4); run time per CPU: docs/results.md.
 scifact: $(STAMP)
 	$(BIN)/snakemake --profile profiles/scifact
 	@cat results/table4_distillation.md

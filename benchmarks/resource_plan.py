@@ -8,7 +8,7 @@ the count describes the work). Stated: FLOP counts (2 x non-embedding parameters
 the vendors' datasheets (A100 312, H100 SXM 989 dense bf16 TFLOP/s) and the utilisation assumed for
 each kind of work. BM25 (CPU) is projected from this machine's scale run (benchmarks/scale.json) in
 proportion to the bytes of real MS MARCO text; Table 5's fusion stages (CPU) come from benchmarks/fusion_methods.json,
-measured at MS MARCO dev's size. Prints the Markdown table the README's resource plan shows.
+measured at MS MARCO dev's size. Prints the Markdown table of docs/scale.md's resource plan.
 
 Its last rows are one hard-negative round of TCT-ColBERT v2 (HN; HN+ adds the teacher): the corpus
 encoded with the round's model, MS MARCO's 502,939 judged train queries encoded and searched (flat,

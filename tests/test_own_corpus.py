@@ -126,7 +126,7 @@ def test_own_corpus_train_test_splits_end_to_end(workdir):
 
 def test_template_on_scifact_plans_every_stage(workdir):
     """The template with its dataset block pointed at ../shared/data/scifact plans the whole DAG (a dry run;
-    the real run is `snakemake --profile profiles/scifact-custom`, README "Your own corpus")."""
+    the real run is `snakemake --profile profiles/scifact-custom`, docs/own-corpus.md)."""
     if not SCIFACT.is_dir():
         pytest.skip(f"{SCIFACT} is absent (the shared data directory)")
     dataset = {"name": "scifact", "source": "beir", "location": str(SCIFACT), "splits": ["train", "test"]}

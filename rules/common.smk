@@ -40,7 +40,8 @@ ROUNDS = config["negatives"]["rounds"]  # hard-negative rounds, in order
 # The splits encode_queries encodes for every dense model, in one job: the dataset's but train (encoded only to
 # mine a round, judged queries only: rounds.smk), and the alpha-tuning sample drawn from train (a few thousand
 # queries, encoded whether or not the model is fused: one split more costs less than one job more).
-QUERY_SPLITS = [split for split in DATASET["splits"] if split != "train"] + (["tune"] if "train" in DATASET["splits"] else [])
+QUERY_SPLITS = ([split for split in DATASET["splits"] if split != "train"]
+                + (["tune"] if "train" in DATASET["splits"] else []))
 # The splits whose query encoder latency a table reads (Table 1's latency column, Table 2).
 TIMED_SPLITS = list(dict.fromkeys([config["evaluation"]["latency_split"],
                                    *([config["table2"]["split"]] if config["table2"] else [])]))

@@ -108,6 +108,13 @@ def test_paper_recipe_schedules_inits_and_shared_mining(workdir):
     assert "triples.mined-tct_inbatch-top200-x4-seed13.tsv" in mining
     [encoding] = jobs_of(result, "encode_train_queries")
     assert "--judged resources/msmarco-passage/qrels.train.txt" in encoding
+    # A round may fine-tune its students for fewer steps, on a schedule of its own.
+    shorter = snakemake(workdir, "-n", "-p", "--configfile", "config.yaml",
+                        overlay(workdir, {"negatives": {"rounds": {"hnp": {"steps": 20000, "schedule": "constant"}}}}))
+    assert shorter.returncode == 0, shorter.stderr
+    students = {re.search(r"variant=(\w+)", block).group(1): block for block in jobs_of(shorter, "train_student")}
+    assert "--steps 20000" in students["tct_hnp"] and "--schedule constant" in students["tct_hnp"]
+    assert "--steps 160000" in students["tct_hn"] and "--schedule linear" in students["tct_hn"]
 
 
 def test_released_profile_trains_nothing(workdir):

@@ -186,14 +186,19 @@ def test_every_rule_on_slurm_matches_the_local_run(slurm, tmp_path):
     assert listed.returncode == 0, output(listed)
     profile = profile_for_this_cluster(cluster, listed.stdout.split())
 
-    def timed(workdir: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    # Both overlays are written here, before the thread starts: a first import of transformers from two threads
+    # at once fails (its lazy module is not thread-safe: "cannot import name 'AutoTokenizer'").
+    local_args = ["--profile", "profiles/demo", *every_rule_once(local)]
+    cluster_args = ["--profile", str(profile.relative_to(cluster)), "--verbose", *FAST_STATUS,
+                    *every_rule_once(cluster)]
+
+    def timed(workdir: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
         started = time.monotonic()
-        return snakemake(workdir, *args, *every_rule_once(workdir), seconds=2000), time.monotonic() - started
+        return snakemake(workdir, *args, seconds=2000), time.monotonic() - started
 
     with ThreadPoolExecutor(max_workers=1) as beside:
-        local_run = beside.submit(timed, local, "--profile", "profiles/demo")
-        result, cluster_seconds = timed(cluster, "--profile", str(profile.relative_to(cluster)), "--verbose",
-                                        *FAST_STATUS)
+        local_run = beside.submit(timed, local, local_args)
+        result, cluster_seconds = timed(cluster, cluster_args)
         local_result, local_seconds = local_run.result()
     assert local_result.returncode == 0, output(local_result)[-3000:]
     expected = job_stats(output(local_result))

@@ -40,7 +40,7 @@ scifact: $(STAMP)
 # Two pytest-xdist workers, one test at a time, the longest first (tests/conftest.py): the whole-DAG run on one
 # worker while the other takes the rest.
 test: $(STAMP)
-	$(BIN)/ruff check --no-cache pipeline tests benchmarks
+	$(BIN)/ruff check --no-cache pipeline scripts tests benchmarks
 	$(BIN)/python -m pytest -q -ra --durations=20 -n 2 --dist load --maxschedchunk 1
 
 # The GPU paths (precision auto, fp16 with loss scaling, GPU encoding, faiss-gpu search against the CPU's) on a
@@ -56,7 +56,7 @@ test-cluster: $(STAMP)
 	PIPELINE_SLURM=1 timeout -s INT -k 120 3000 $(BIN)/python -m pytest -q -ra -s --durations=20 tests/cluster
 
 lint: $(STAMP)
-	$(BIN)/ruff check --no-cache pipeline tests benchmarks
+	$(BIN)/ruff check --no-cache pipeline scripts tests benchmarks
 	$(BIN)/snakemake --lint --configfile config.yaml
 
 clean-demo:

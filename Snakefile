@@ -52,6 +52,8 @@ localrules:
     all,
     prepare_data,
     doc2query_download,
+    teacher_scores_download,
+    table_spec,
     tables,
     report,
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipeline.data.beir import beir_source
 from pipeline.data.prepare import prepare_data
-from pipeline.io import read_queries, read_run, write_run
+from pipeline.formats import read_queries, read_run, write_run
 from pipeline.sparse.index import build_bm25_index, lucene_dir
 from pipeline.sparse.jvm import import_pyserini, start_jvm
 from pipeline.sparse.search import bm25_search

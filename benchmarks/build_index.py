@@ -24,15 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.io import (
-    EMBEDDINGS_FILE,
-    IDS_FILE,
-    MANIFEST_FILE,
-    atomic_output,
-    files_record,
-    ids_checksum,
-    write_ids,
-)
+from pipeline.durable import atomic_output
+from pipeline.shards import EMBEDDINGS_FILE, IDS_FILE, MANIFEST_FILE, files_record, ids_checksum, write_ids
 from pipeline.timing import cpu_name
 
 sys.path.insert(0, str(Path(__file__).parent))

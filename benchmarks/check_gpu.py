@@ -42,10 +42,12 @@ from pipeline.dense.encode import encode_corpus
 from pipeline.dense.index import build_index
 from pipeline.dense.queries import encode_queries
 from pipeline.dense.search import dense_search
-from pipeline.io import EMBEDDINGS_FILE, read_run
+from pipeline.formats import read_run
 from pipeline.models.backbone import PACKAGED_MINILM, Conventions
+from pipeline.shards import EMBEDDINGS_FILE
 from pipeline.timing import cpu_name
-from pipeline.train.loop import Context, LoopConfig
+from pipeline.train.context import Context
+from pipeline.train.loop import LoopConfig
 from pipeline.train.student import train_student
 from pipeline.train.teacher import train_teacher
 

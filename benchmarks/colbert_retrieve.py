@@ -44,7 +44,7 @@ from pipeline.dense.colbert_retrieve import colbert_retrieve
 from pipeline.dense.token_index import build_token_index
 from pipeline.dense.tokens import encode_tokens
 from pipeline.evaluate import MEAN_ROW, score_run
-from pipeline.io import read_qrels, read_run
+from pipeline.formats import read_qrels, read_run
 from pipeline.precision import cpu_capability
 from pipeline.timing import cpu_name
 

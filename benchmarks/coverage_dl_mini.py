@@ -34,8 +34,9 @@ from pipeline.dense.index import build_index
 from pipeline.dense.queries import encode_queries
 from pipeline.dense.search import dense_search
 from pipeline.evaluate import MEAN_ROW, evaluate_run
-from pipeline.io import read_manifest, read_queries
+from pipeline.formats import read_queries
 from pipeline.models.backbone import PACKAGED_MINILM
+from pipeline.shards import read_manifest
 from pipeline.sparse.index import build_bm25_index
 from pipeline.sparse.search import bm25_search
 from pipeline.timing import cpu_name

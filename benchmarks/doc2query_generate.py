@@ -26,8 +26,7 @@ from transformers import PreTrainedModel, T5Config, T5ForConditionalGeneration
 
 from pipeline.doc2query.generate import sample_queries
 from pipeline.doc2query.model import ScratchT5, load_seq2seq, scratch_t5
-from pipeline.doc2query.predictions import read_predictions
-from pipeline.io import read_collection
+from pipeline.formats import read_collection, read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 MSMARCO_PASSAGES = 8_841_823

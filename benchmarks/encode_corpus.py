@@ -24,9 +24,10 @@ import torch
 
 from pipeline import precision
 from pipeline.dense.encode import encode_corpus
-from pipeline.io import open_shard, read_collection, write_id_text
+from pipeline.formats import read_collection, write_id_text
 from pipeline.models.backbone import PACKAGED_MINILM
 from pipeline.models.biencoder import BiEncoder
+from pipeline.shards import open_shard
 from pipeline.sparse.jvm import import_pyserini
 from pipeline.timing import cpu_name
 

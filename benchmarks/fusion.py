@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.formats import write_qrels, write_run
 from pipeline.fusion import fuse_arrays, fuse_runs
-from pipeline.io import write_qrels, write_run
 from pipeline.run_arrays import encode_runs, read_run_frame
 from pipeline.sparse.jvm import import_pyserini
 from pipeline.tune_alpha import tune_alpha

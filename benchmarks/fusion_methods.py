@@ -37,8 +37,8 @@ import pandas as pd
 
 from pipeline import precision
 from pipeline.coverage import coverage
+from pipeline.formats import write_qrels, write_run
 from pipeline.fusion_methods import METHODS, encoded_inputs, fuse_inputs, sweep
-from pipeline.io import write_qrels, write_run
 from pipeline.run_arrays import RunArrays, read_run_frame, write_run_arrays
 from pipeline.timing import cpu_name
 

@@ -36,7 +36,7 @@ import yaml
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from pipeline import precision
-from pipeline.io import read_collection
+from pipeline.formats import read_collection
 from pipeline.models.backbone import PACKAGED_MINILM, resolve_backbone
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

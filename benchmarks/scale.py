@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from pipeline.dense.runtime import device_name
-from pipeline.io import atomic_output, count_lines, write_id_text
+from pipeline.durable import atomic_output
+from pipeline.formats import count_lines, write_id_text
 from pipeline.precision import PRECISIONS, cpu_capability
 
 ROOT = Path(__file__).resolve().parents[1]

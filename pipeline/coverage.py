@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import run_stage
+from pipeline.durable import atomic_output
 from pipeline.evaluate import MEAN_ROW
-from pipeline.io import InputFormatError, Qrels, atomic_output, read_qrels
+from pipeline.formats import InputFormatError, Qrels, read_qrels
 from pipeline.run_arrays import docid_lookup, encode_frames, read_run_frame
 
 log = logging.getLogger(__name__)

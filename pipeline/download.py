@@ -1,4 +1,4 @@
-"""Resumable, verified downloads and single-member extraction from archives.
+"""Resumable, verified downloads (zip, gzip, bzip2 and xz files checked, members extracted: pipeline.archives).
 
 Bytes go to `<dest>.part` first; an interrupted download resumes from there with an HTTP Range
 request, and only a complete, verified file is renamed to `dest`. Complete means as long as the
@@ -20,29 +20,24 @@ elsewhere, place it at dest).
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import fcntl
-import gzip
 import hashlib
 import logging
-import lzma
 import os
 import re
-import shutil
-import tarfile
-import zipfile
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import requests
 import urllib3
 from tqdm import tqdm
 
-from pipeline.io import InputFormatError, atomic_output, file_checksum, iter_lines
+from pipeline.archives import compressed_integrity
+from pipeline.durable import atomic_output
+from pipeline.formats import InputFormatError, iter_lines
+from pipeline.shards import file_checksum
 
 log = logging.getLogger(__name__)
 
@@ -73,45 +68,6 @@ def _sha256(path: Path) -> str:
 def _offline_hint(url: str, dest: Path, reason: object) -> DownloadError:
     return DownloadError(f"could not download {url}: {reason}. If this machine is offline, download it "
                          f"elsewhere and place it at {dest}")
-
-
-# -- integrity of compressed files ------------------------------------------------------------------
-
-_STREAMS = {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}
-_SUFFIXES = {".zip": "zip", ".gz": "gzip", ".tgz": "gzip", ".bz2": "bzip2", ".tbz2": "bzip2", ".xz": "xz",
-             ".txz": "xz"}
-_MAGIC = {b"PK\x03\x04": "zip", b"PK\x05\x06": "zip", b"\x1f\x8b": "gzip", b"BZh": "bzip2",
-          b"\xfd7zXZ\x00": "xz"}
-
-
-def _kind(path: Path, name: str) -> str | None:
-    """'zip', 'gzip', 'bzip2', 'xz' (by the file name `name`, else by its first bytes), or None."""
-    kind = _SUFFIXES.get(Path(name).suffix.lower())
-    if kind is not None:
-        return kind
-    with open(path, "rb") as handle:
-        head = handle.read(6)
-    return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
-
-
-def _integrity(path: Path, name: str) -> tuple[str | None, str, str]:
-    """(kind, what was expected, the problem) of a compressed file; the problem is '' when it is intact."""
-    kind = _kind(path, name)
-    if kind is None:
-        return None, "", ""
-    expected = f"a complete {kind} {'archive' if kind == 'zip' else 'stream'}"
-    try:
-        if kind == "zip":
-            with zipfile.ZipFile(path) as zipped:
-                bad = zipped.testzip()
-            return kind, expected, "" if bad is None else f"member {bad} fails its CRC check"
-        with _STREAMS[kind](path, "rb") as stream:
-            while stream.read(1 << 22):
-                pass
-    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError, NotImplementedError,
-            ValueError) as err:  # gzip.BadGzipFile is an OSError
-        return kind, expected, str(err) or type(err).__name__
-    return kind, expected, ""
 
 
 # -- the first-use lock file ------------------------------------------------------------------------
@@ -226,7 +182,7 @@ def download(url: str, dest: Path, md5: str | None = None, *, progress: bool = T
                         "downloading it again", dest, differs, entry.size, entry.sha256, where)
             dest.unlink()
         else:
-            kind, expected, problem = _integrity(dest, dest.name)
+            kind, expected, problem = compressed_integrity(dest, dest.name)
             if problem:
                 log.warning("%s was already in place with no checksum recorded, and is not %s (%s); deleting it "
                             "and downloading it again", dest, expected, problem)
@@ -247,7 +203,7 @@ def download(url: str, dest: Path, md5: str | None = None, *, progress: bool = T
                                 f"{entry.size} and sha256 {entry.sha256} when it was first downloaded (the download "
                                 "was deleted). If the publisher has changed the file, delete that line and run again")
     else:
-        kind, expected, problem = _integrity(part, dest.name)
+        kind, expected, problem = compressed_integrity(part, dest.name)
         if problem:
             part.unlink()
             raise CorruptArchiveError(dest, None, f"{expected}; the download from {url} is truncated or corrupt "
@@ -365,43 +321,3 @@ def _extent(url: str, part: Path, response: requests.Response, offset: int | Non
                             f"inconsistent (Content-Range {content_range!r}, Content-Length {length}); "
                             f"delete {part} to start over")
     return offset, last + 1
-
-
-def _matches(name: str, suffix: str) -> bool:
-    return name == suffix or name.endswith("/" + suffix)
-
-
-@contextlib.contextmanager
-def open_member(archive: Path, member_suffix: str) -> Iterator[BinaryIO]:
-    """Stream the member of a .zip or .tar[.gz] archive named `member_suffix` or ending in `/member_suffix`.
-
-    A zip with several such members is refused (it is cheap to list); a tar is read as a stream
-    and its first such member is used.
-    """
-    archive, suffix = Path(archive), member_suffix.strip("/")
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zipped:
-                names = [n for n in zipped.namelist() if _matches(n, suffix) and not n.endswith("/")]
-                if len(names) != 1:
-                    listing = ", ".join(zipped.namelist()[:20])
-                    raise InputFormatError(archive, None, f"exactly one member named .../{suffix}",
-                                           f"{len(names)} such members; the archive has: {listing}")
-                with zipped.open(names[0]) as stream:
-                    yield stream
-            return
-        with tarfile.open(archive, mode="r|*") as tar:
-            for member in tar:
-                if member.isfile() and _matches(member.name, suffix):
-                    yield tar.extractfile(member)
-                    return
-        raise InputFormatError(archive, None, f"a member named .../{suffix}", "no such member in the archive")
-    except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error) as err:
-        raise InputFormatError(archive, None, "a complete, readable archive", str(err)) from err
-
-
-def extract_member(archive: Path, member_suffix: str, dest: Path) -> Path:
-    """Copy one archive member (see `open_member`) to `dest` atomically; returns `dest`."""
-    with open_member(archive, member_suffix) as stream, atomic_output(dest, "wb") as out:
-        shutil.copyfileobj(stream, out, 1 << 20)
-    return Path(dest)

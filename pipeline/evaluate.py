@@ -21,7 +21,8 @@ import ir_measures
 import pytrec_eval
 
 from pipeline.cli import run_stage
-from pipeline.io import Qrels, Run, atomic_output, read_qrels, read_run
+from pipeline.durable import atomic_output
+from pipeline.formats import Qrels, Run, read_qrels, read_run
 
 log = logging.getLogger(__name__)
 

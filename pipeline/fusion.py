@@ -12,6 +12,8 @@ are ordered by docid, descending, the order trec_eval itself uses.
 Both runs are read once into arrays over one sorted docid vocabulary, so a docid is an integer
 whose order is the docids' string order. Fusing is then a handful of row-wise array operations on a
 (queries x candidates) grid: sort each row's docids to find the union, fill, add, sort by score.
+This grid kernel, which tune_alpha and fuse_methods use too, is kept in one module, over the 350 lines the
+others keep to: its layout, its scores and its ranking are one algorithm, read together.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import run_stage
-from pipeline.io import InputFormatError, Run, atomic_output
+from pipeline.durable import atomic_output
+from pipeline.formats import InputFormatError, Run
 from pipeline.run_arrays import RunArrays, encode_runs, read_run_frame, run_frame, write_run_arrays
 from pipeline.timing import cpu_name, time_each
 

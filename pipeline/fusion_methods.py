@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.cli import run_stage
+from pipeline.formats import InputFormatError, Run
 from pipeline.fusion import Layout, RepeatedDocid, Scorer, cell_scores, fuse_blocks, side_by_side
-from pipeline.io import InputFormatError, Run
 from pipeline.run_arrays import RunArrays, encode_runs, read_run_frame, write_run_arrays
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def tune_methods(sparse: Path, dense: Path, qrels_path: Path, outputs: dict[str,
                  measure: str = "RR@10", grid: tuple[float, ...] | None = None, hits: int = 1000) -> dict[str, dict]:
     """Grid search of each method's parameter on `measure`; `outputs` maps a method to its (curve, choice) files.
     Ties go to the first grid value. Returns the choices."""
-    from pipeline.io import read_qrels
+    from pipeline.formats import read_qrels
     from pipeline.tune_alpha import write_sweep
 
     unknown = [method for method in outputs if METHODS[method].parameter is None]

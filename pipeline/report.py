@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from pipeline.cli import run_stage
+from pipeline.durable import atomic_output
 from pipeline.evaluate import MEAN_ROW, read_per_query
-from pipeline.io import atomic_output
 from pipeline.tables import coverage_path, read_coverage
 
 log = logging.getLogger(__name__)

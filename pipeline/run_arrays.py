@@ -2,7 +2,7 @@
 
 A run's docids become integer codes into one sorted vocabulary shared by the runs read together, so
 code order is the docids' string order: the order trec_eval breaks ties by. Reading uses pandas' C
-parser; writing formats every line in one go, in the format of pipeline.io.write_run.
+parser; writing formats every line in one go, in the format of pipeline.formats.write_run.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.io import InputFormatError, Run, atomic_output, check_run_lines
+from pipeline.durable import atomic_output
+from pipeline.formats import InputFormatError, Run, check_run_lines
 
 LINES_PER_WRITE = 1_000_000
 
@@ -71,7 +72,7 @@ def read_run_frame(path: Path) -> pd.DataFrame:
 
     Strings are kept as written (a docid "NA" stays "NA"). A file the fast path finds wrong (a line
     without six fields, a score that is not a finite number: NaN or inf) is read again line by line
-    for the error, which names the file and the first bad line as pipeline.io.read_run does.
+    for the error, which names the file and the first bad line as pipeline.formats.read_run does.
     """
     try:
         frame = pd.read_csv(path, sep=r"\s+", header=None, names=["qid", "q0", "docid", "rank", "score", "tag"],
@@ -131,7 +132,7 @@ def docid_codes(vocabulary: np.ndarray, docids: list[str]) -> np.ndarray:
 
 
 def write_run_arrays(path: Path, run: RunArrays, vocabulary: np.ndarray, tag: str, exact: bool = False) -> None:
-    """A TREC run file in the format of pipeline.io.write_run (scores with 6 decimals), written atomically.
+    """A TREC run file in the format of pipeline.formats.write_run (scores with 6 decimals), written atomically.
     `exact` writes each score's shortest exact form instead, where 6 decimals would tie what a fusion ranked apart.
     Lines are formatted by f-strings, a million at a time: 2-3x faster than DataFrame.to_csv's float_format."""
     lengths = np.diff(run.offsets)

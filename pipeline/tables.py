@@ -1,12 +1,13 @@
 """Tables 1-5: methods (Table 1), latency per stage (Table 2), distillation conditions (Table 3),
 distillation strategies of the neighbouring papers (Table 4), fusion methods beside Eq. 7 (Table 5).
 
-    python -m pipeline.tables --spec '<json>' --results results/D --out-dir results
+    python -m pipeline.tables --spec results/D/table_spec.json --results results/D --out-dir results
 
-The spec (built from config by the workflow) lists rows `{name, run, compare_to, paper: {"split/measure": value}}`
-and columns `{split, measure}`; a row's metrics are read from `<results>/metrics/<run>.<split>.tsv`
-and its latency from `<results>/runs/<run>.<latency_split>.latency.json`. Adding a method is one
-row in config. Paper figures are shown, with our difference from them, when `show_paper` is set.
+The spec (a JSON file the workflow writes from the config: rule table_spec) lists rows
+`{name, run, compare_to, paper: {"split/measure": value}}` and columns `{split, measure}`; a row's metrics
+are read from `<results>/metrics/<run>.<split>.tsv` and its latency from
+`<results>/runs/<run>.<latency_split>.latency.json`. Adding a method is one row in config. Paper figures are
+shown, with our difference from them, when `show_paper` is set.
 With `coverage: {splits, depth, p}`, Table 1 adds each split's Judged@depth and RBP(p) + residual from
 `<results>/coverage/<run>.<split>.tsv` (pipeline.coverage). With `table5: {methods, pairs}`, Table 5 lists each
 {dense, sparse} pair fused by each method (runs `<dense>+<sparse>` for eq7, `<dense>+<sparse>@<method>` otherwise).
@@ -25,9 +26,10 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from pipeline.cli import run_stage
+from pipeline.durable import atomic_output
 from pipeline.evaluate import MEAN_ROW, read_means, read_per_query
+from pipeline.formats import InputFormatError
 from pipeline.fusion_methods import METHODS
-from pipeline.io import atomic_output
 
 EQ7 = "eq7"  # Table 5's name for the paper's hybrid (pipeline.fusion), the baseline of its tests
 
@@ -333,11 +335,15 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", required=True, help="JSON table specification")
+    parser.add_argument("--spec", type=Path, required=True, help="JSON file of the table specification")
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    write_tables(json.loads(args.spec), args.results, args.out_dir)
+    try:
+        spec = json.loads(args.spec.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise InputFormatError(args.spec, None, "a JSON table specification", str(err)) from None
+    write_tables(spec, args.results, args.out_dir)
 
 
 if __name__ == "__main__":

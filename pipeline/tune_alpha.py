@@ -24,9 +24,10 @@ import ir_measures
 import numpy as np
 
 from pipeline.cli import run_stage
+from pipeline.durable import atomic_output
 from pipeline.evaluate import MEAN_ROW, score_run
+from pipeline.formats import read_qrels
 from pipeline.fusion import layout, weighted_scores
-from pipeline.io import atomic_output, read_qrels
 from pipeline.run_arrays import RunArrays, docid_codes, encode_runs, read_run_frame
 
 log = logging.getLogger(__name__)

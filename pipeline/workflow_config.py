@@ -187,6 +187,41 @@ def check_references(config: dict) -> None:
     _check_candidate_splits(config)
     _check_rounds(config)
     _check_inits(config)
+    _check_cross_encoder_students(config)
+    _check_query_encoders(config)
+
+
+def _check_query_encoders(config: dict) -> None:
+    """An asymmetric student searches a dense model that encodes its own passages, and learns from it alone."""
+    variants = config["student"]["variants"]
+    dense = set(variants) | set(config["dense"]["published"])
+    for variant, settings in variants.items():
+        if "searches" not in settings:
+            continue
+        key, searched = f"student.variants.{variant}", settings["searches"]
+        if searched not in dense or "searches" in variants.get(searched, {}):
+            raise ConfigReferenceError(f"{key}.searches is {searched!r}, not a dense model of student.variants or "
+                                       "dense.published that encodes its own passages: name one")
+        clashing = [name for name in ("teacher", "teacher_scores", "negatives", "init", "generated_ratio")
+                    if name in settings]
+        if settings["condition"] != "inbatch" or clashing:
+            raise ConfigReferenceError(f"{key} searches {searched}, from which it learns alone (condition inbatch, its "
+                                       f"in-batch scores): remove {', '.join(clashing) or 'the other condition'}")
+
+
+def _check_cross_encoder_students(config: dict) -> None:
+    """A student taught by the cross-encoder learns each query's own pair from it, and only from it."""
+    for variant, settings in config["student"]["variants"].items():
+        if settings.get("teacher") != "cross_encoder":
+            continue
+        key = f"student.variants.{variant}"
+        if settings["condition"] not in ("triplet", "margin_mse"):
+            raise ConfigReferenceError(f"{key}.condition is {settings['condition']!r}: the cross-encoder scores each "
+                                       "query's own pair only; use margin_mse (or triplet)")
+        clashing = [name for name in ("teacher_scores", "generated_ratio") if settings.get(name)]
+        if clashing:
+            raise ConfigReferenceError(f"{key} sets {clashing[0]} beside teacher: cross_encoder; the cross-encoder "
+                                       "scores every pair itself: remove one of them")
 
 
 def _check_inits(config: dict) -> None:

@@ -1,6 +1,5 @@
 # Paths, config look-ups and input functions shared by the rules. No rule lives here.
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
+from pipeline.data.teacher_scores import RELEASES as TEACHER_SCORE_RELEASES
 from pipeline.fusion_methods import METHODS as TRECTOOLS_FUSIONS
 from pipeline.workflow_config import resolve_config, run_parts
 
@@ -33,6 +33,8 @@ PUBLISHED = config["dense"]["published"]
 CANDIDATES = config["rerank"]["candidates"]
 D2Q = config["doc2query"]
 DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
+# EmbedDistill's asymmetric students: query encoders scored with another dense model's passages (`searches`).
+QUERY_ENCODERS = {name: variant["searches"] for name, variant in VARIANTS.items() if "searches" in variant}
 FUSIONS = [method for method in config["fusion"]["methods"] if method != "eq7"]  # Table 5's (pipeline.fusion_methods)
 TUNED_FUSIONS = [method for method in FUSIONS if TRECTOOLS_FUSIONS[method].parameter]
 COVERAGE = config["evaluation"]["coverage"]
@@ -82,6 +84,11 @@ def rule_resource(rule_name, key, default):
 def output_dir(wildcards, output):
     """Params function: the directory of a rule's first output."""
     return str(Path(output[0]).parent)
+
+
+def spec_dir(wildcards, input):
+    """Params function: the directory of a rule's `spec` input (the tables' spec lies in the results it reads)."""
+    return str(Path(input.spec).parent)
 
 
 def has_official_triples():
@@ -170,13 +177,14 @@ def table5_spec():
 
 
 def table_spec():
+    """What the tables stage builds, from the config (rule table_spec writes it for the tables rule)."""
     rows = [{"name": name, **row} for name, row in config["table1"]["rows"].items()]
-    return json.dumps({"dataset": DS, "rows": rows, "columns": config["evaluation"]["columns"],
-                       "latency_split": config["evaluation"]["latency_split"],
-                       "show_paper": config["table1"]["show_paper"], "note": config["table1"]["note"],
-                       "coverage": COVERAGE if COVERAGE["splits"] else None,
-                       "table2": config["table2"], "table3": config["table3"],
-                       "table4": config["table4"], "table5": table5_spec()})
+    return {"dataset": DS, "rows": rows, "columns": config["evaluation"]["columns"],
+            "latency_split": config["evaluation"]["latency_split"],
+            "show_paper": config["table1"]["show_paper"], "note": config["table1"]["note"],
+            "coverage": COVERAGE if COVERAGE["splits"] else None,
+            "table2": config["table2"], "table3": config["table3"],
+            "table4": config["table4"], "table5": table5_spec()}
 
 
 def table_outputs(section, stem):
@@ -256,6 +264,18 @@ def student_loop(wildcards):
     return loop_arguments("student", {key: settings[key] for key in ROUND_LOOP if key in settings})
 
 
+def cross_encoder_loop():
+    """The cross-encoder's lengths and training loop as command-line arguments."""
+    cross = config["cross_encoder"]
+    args = ["--max-query-length", cross["query_length"], "--pair-length", cross["pair_length"]]
+    return [str(a) for a in args] + flag_arguments(cross["train"])
+
+
+def cross_encoder_model():
+    """The cross-encoder students learn from: the published one named, else the one train_cross_encoder trains."""
+    return config["cross_encoder"]["published"] or f"{RES}/models/cross_encoder"
+
+
 def launcher(stage):
     """python, or torchrun with one process per GPU when the stage is given several."""
     gpus = training_gpus(stage)
@@ -263,7 +283,7 @@ def launcher(stage):
 
 
 def training_gpus(stage):
-    """GPUs of a training rule: teacher.gpus, student.gpus, or doc2query.train.gpus."""
+    """GPUs of a training rule: teacher.gpus, student.gpus, cross_encoder.gpus, or doc2query.train.gpus."""
     return D2Q["train"]["gpus"] if stage == "doc2query" else config[stage]["gpus"]
 
 
@@ -326,16 +346,43 @@ def student_inputs(wildcards):
     variant = VARIANTS[wildcards.variant]
     triples = mined_triples(variant["negatives"]) if "negatives" in variant else f"{RES}/triples.train.tsv"
     inputs = {"triples": triples, "queries": f"{RES}/queries.train.tsv", "collection": f"{RES}/collection.tsv"}
-    online = variant["condition"] != "none" and "teacher_scores" not in variant
+    by_cross_encoder = variant.get("teacher") == "cross_encoder"
+    online = variant["condition"] != "none" and "teacher_scores" not in variant and not by_cross_encoder
     if online or variant.get("embed_weight", 0) > 0 or student_init(wildcards) == "teacher":
         inputs["teacher"] = student_teacher(wildcards)
+    if by_cross_encoder and not config["cross_encoder"]["published"]:
+        inputs["cross_encoder"] = cross_encoder_model()
     if student_init(wildcards) not in ("teacher", "backbone"):
         inputs["init"] = f"{RES}/models/{student_init(wildcards)}"  # another variant: trained first
     if "teacher_scores" in variant:
-        inputs["teacher_scores"] = variant["teacher_scores"]
+        inputs["teacher_scores"] = teacher_score_file(variant)
     if variant.get("generated_ratio", 0) > 0:
         inputs["generated"] = doc2query_predictions()
     return inputs
+
+
+def teacher_score_file(variant):
+    """A variant's Margin-MSE score file: a release of the Margin-MSE authors (teacher_scores_download fetches it)
+    or a path."""
+    name = variant["teacher_scores"]
+    return f"{DATASET['download_dir']}/margin-mse/{name}.tsv" if name in TEACHER_SCORE_RELEASES else name
+
+
+def query_encoder_inputs(wildcards):
+    """Training data, and the trained model a query encoder searches (a published one is no file input)."""
+    searches = QUERY_ENCODERS[wildcards.variant]
+    inputs = {"triples": f"{RES}/triples.train.tsv", "queries": f"{RES}/queries.train.tsv",
+              "collection": f"{RES}/collection.tsv"}
+    return inputs if searches in PUBLISHED else {**inputs, "searches": model_spec(searches)}
+
+
+def query_encoder_options(wildcards):
+    """pipeline.train.query_encoder's options for a query encoder: the model it searches, its backbone, its weights."""
+    variant, searches = VARIANTS[wildcards.variant], QUERY_ENCODERS[wildcards.variant]
+    args = ["--teacher", model_spec(searches),
+            "--backbone", variant.get("backbone", config["model"]["backbone"]),
+            "--embed-weight", variant.get("embed_weight", 1.0), "--teacher-tau", variant.get("teacher_tau", 1.0)]
+    return [str(a) for a in args]
 
 
 def student_init(wildcards):
@@ -362,7 +409,9 @@ def student_options(wildcards):
     if variant.get("embed_weight", 0) > 0:
         args += ["--embed-weight", variant["embed_weight"]]
     if "teacher_scores" in variant:
-        args += ["--teacher-scores", variant["teacher_scores"]]
+        args += ["--teacher-scores", teacher_score_file(variant), "--unscored", variant.get("unscored", "error")]
+    if variant.get("teacher") == "cross_encoder":
+        args += ["--cross-encoder", cross_encoder_model()]
     if variant.get("generated_ratio", 0) > 0:
         args += ["--generated", *doc2query_predictions(), "--generated-ratio", variant["generated_ratio"]]
     return [str(a) for a in args]
@@ -423,12 +472,28 @@ def dense_model(wildcards):
     return [] if wildcards.model in PUBLISHED else [f"{RES}/models/{wildcards.model}"]
 
 
+def model_spec(name):
+    """A dense model as stage modules take it: a published checkpoint's Hub id, else the trained directory."""
+    return PUBLISHED.get(name, f"{RES}/models/{name}")
+
+
 def dense_model_spec(wildcards):
-    return PUBLISHED.get(wildcards.model, f"{RES}/models/{wildcards.model}")
+    return model_spec(wildcards.model)
+
+
+def passages_model(model):
+    """The dense model whose passage vectors score `model`'s queries: itself, or the one a query encoder searches."""
+    return QUERY_ENCODERS.get(model, model)
 
 
 def corpus_shards(wildcards):
-    return [f"{RES}/embeddings/{wildcards.model}/shard-{i}" for i in range(config["dense"]["shards"])]
+    model = passages_model(wildcards.model)
+    return [f"{RES}/embeddings/{model}/shard-{i}" for i in range(config["dense"]["shards"])]
+
+
+def dense_index(wildcards):
+    """Input function: the index a model's queries search (a query encoder's: the model it searches)."""
+    return f"{RES}/indexes/dense-{passages_model(wildcards.model)}"
 
 
 def token_shards(wildcards):
@@ -453,7 +518,7 @@ def index_comparisons():
     compare = config["dense"]["compare"]
     if not compare["kinds"]:
         return []
-    return [f"{OUT}/indexes/{model}.{compare['split']}.tsv" for model in DENSE_MODELS]
+    return [f"{OUT}/indexes/{model}.{compare['split']}.tsv" for model in DENSE_MODELS if model not in QUERY_ENCODERS]
 
 
 def alpha_setting(wildcards):

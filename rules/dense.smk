@@ -113,7 +113,7 @@ rule encode_queries:
 
 rule dense_run:
     input:
-        index=f"{RES}/indexes/dense-{{model}}",
+        index=dense_index,
         queries=f"{OUT}/queries/{{model}}.{{split}}",
     output:
         run=f"{OUT}/runs/{{model}}.{{split}}.trec",

@@ -2,9 +2,29 @@
 # conditions), Table 4 (distillation strategies), Table 5 (fusion methods), each as TSV and Markdown.
 
 
+rule table_spec:
+    output:
+        f"{OUT}/table_spec.json",
+    log:
+        f"{LOGS}/table_spec.log",
+    benchmark:
+        f"{BENCH}/table_spec.tsv"
+    params:
+        value=table_spec(),
+    threads: 1
+    resources:
+        mem_mb=rule_resource("tables", "mem_mb", 2000),
+        runtime=rule_resource("tables", "runtime", 10),
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/write_json.py"
+
+
 rule tables:
     input:
         table_inputs,
+        spec=rules.table_spec.output[0],
     output:
         tsv="results/table1.tsv",
         md="results/table1.md",
@@ -17,8 +37,7 @@ rule tables:
     benchmark:
         f"{BENCH}/tables.tsv"
     params:
-        spec=table_spec(),
-        results=OUT,
+        results=spec_dir,
         out_dir=output_dir,
     threads: 1
     resources:
@@ -27,7 +46,7 @@ rule tables:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline.tables --spec {params.spec:q} --results {params.results:q} --out-dir {params.out_dir:q}"
+        "python -m pipeline.tables --spec {input.spec:q} --results {params.results:q} --out-dir {params.out_dir:q}"
         " > {log:q} 2>&1"
 
 

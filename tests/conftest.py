@@ -1,9 +1,11 @@
-"""Shared fixtures: the repository root and the real data beside it (tests skip without it)."""
+"""Shared fixtures: the repository root, the real data beside it (tests skip without it), a tiny random BERT, a
+random-word collection, and the small demo's settings."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,23 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under `make test` two workers share the cores: one thread each (torch, Faiss and what they start inherit
     # it), else their OpenMP threads spin against each other's and a training test takes six times as long.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# The vocabulary of the random-word collections (tests/test_dense.py, tests/test_colbert_retrieve.py).
+WORDS = ("apple", "river", "engine", "violin", "glacier", "falcon", "copper", "tulip", "comet", "harbor",
+         "lantern", "canyon", "pepper", "marble", "storm", "orbit", "meadow", "cipher", "timber", "quartz")
+
+
+def write_word_collection(path: Path, rng, count: int, max_words: int, words: Sequence[str] = WORDS,
+                          id_format: str = "d{}") -> list[tuple[str, str]]:
+    """`count` passages of 3 to `max_words` - 1 words drawn by `rng` (a NumPy Generator) from `words`, written to
+    `path` as a collection (`pid<TAB>text`); returns them."""
+    from pipeline.formats import write_id_text
+
+    passages = [(id_format.format(i), " ".join(rng.choice(words, size=rng.integers(3, max_words))))
+                for i in range(count)]
+    write_id_text(path, passages)
+    return passages
 
 
 def hang_guard(seconds: float) -> float:
@@ -53,11 +72,24 @@ def make_tiny_bert(directory: Path, dropout: float = 0.0, seed: int = 0, hidden_
     return directory
 
 
+def neighbour_students(settings: dict, loop: dict) -> None:
+    """Add to `settings` the neighbouring methods in their own settings, as Table 4's last rows: Margin-MSE from
+    a cross-encoder (trained with `loop`) into a student from the backbone, and EmbedDistill's asymmetric query
+    encoder searching tct_inbatch's index."""
+    settings["cross_encoder"] = {"pair_length": 64, "train": loop}
+    variants = settings["student"].setdefault("variants", {})
+    variants["margin_ce"] = {"condition": "margin_mse", "gamma": 0.0, "teacher": "cross_encoder", "init": "backbone"}
+    variants["asym"] = {"condition": "inbatch", "searches": "tct_inbatch"}
+    if settings.get("table4"):
+        settings["table4"]["strategies"].update({"Margin-MSE: its cross-encoder": "margin_ce",
+                                                 "EmbedDistill: asymmetric query encoder": "asym"})
+
+
 def small_demo_overlay(workdir: Path, table4: bool = False) -> Path:
     """Settings over profiles/demo/workflow.yaml for a small whole-DAG run (400 passages, a tiny random BERT,
     3 training steps, a tiny T5), written to `workdir`/overlay.yaml for the workflow and cluster tests.
     With `table4`, the three students and the table that the demo profile switches off come back, from
-    config.yaml."""
+    config.yaml, and the neighbouring methods' own settings join them (`neighbour_students`)."""
     import yaml
 
     tiny = make_tiny_bert(workdir / "tiny-bert")
@@ -78,6 +110,7 @@ def small_demo_overlay(workdir: Path, table4: bool = False) -> Path:
         settings["student"]["variants"] = {name: paper["student"]["variants"][name]
                                            for name in ("tct_margin", "tct_embed", "tct_generated")}
         settings["table4"] = paper["table4"]
+        neighbour_students(settings, loop)
     path = workdir / "overlay.yaml"
     path.write_text(yaml.safe_dump(settings, sort_keys=False))  # Table 4's rows keep their order
     return path
@@ -102,7 +135,7 @@ def make_triples_dataset(directory: Path, n_queries: int = 16) -> dict[str, Path
     return paths
 
 
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "schemas", "profiles", "envs")
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "scripts", "schemas", "profiles", "envs")
 
 
 def copy_workflow(destination: Path) -> Path:

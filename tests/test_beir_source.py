@@ -10,7 +10,7 @@ import pytest
 from pipeline.data import beir
 from pipeline.data.beir import beir_source
 from pipeline.download import ChecksumError
-from pipeline.io import InputFormatError
+from pipeline.formats import InputFormatError
 from tests.conftest import shared_data
 from tests.http_fixture import serve
 

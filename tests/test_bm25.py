@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.evaluate import score_run
-from pipeline.io import InputFormatError, read_qrels, read_queries, read_run, write_id_text, write_qrels, write_run
+from pipeline.formats import InputFormatError, read_qrels, read_queries, read_run, write_id_text, write_qrels, write_run
 from pipeline.sparse.index import build_bm25_index, lucene_dir
 from pipeline.sparse.search import bm25_search, halfway_scores, latency_path, query_blocks, round_half_even
 from tests.conftest import shared_data

@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 from pipeline.dense.index import _blocks, build_index
-from pipeline.io import (
+from pipeline.formats import InputFormatError, write_id_text
+from pipeline.shards import (
     EMBEDDINGS_FILE,
     IDS_FILE,
     MANIFEST_FILE,
-    InputFormatError,
     files_record,
     ids_checksum,
     lines_checksum,
     open_shard,
-    write_id_text,
     write_ids,
 )
 

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.data.candidates import OfficialList, candidate_run
 from pipeline.download import ChecksumError
-from pipeline.io import InputFormatError, read_run
+from pipeline.formats import InputFormatError, read_run
 from tests.http_fixture import serve
 
 LINES = ["q1\tp9\tquery one\tpassage nine", "q2\tp1\tquery two\tpassage one", "q1\tp3\tquery one\tpassage three",

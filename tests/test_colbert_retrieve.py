@@ -10,13 +10,12 @@ from pipeline.dense import token_index
 from pipeline.dense.colbert_retrieve import colbert_retrieve
 from pipeline.dense.token_index import build_token_index
 from pipeline.dense.tokens import TokenStore, encode_tokens
-from pipeline.io import InputFormatError, read_manifest, read_run, write_id_text
+from pipeline.formats import InputFormatError, read_run, write_id_text
 from pipeline.models.backbone import tokenize_queries
 from pipeline.models.colbert import ColBERT
-from tests.conftest import make_tiny_bert
+from pipeline.shards import read_manifest
+from tests.conftest import make_tiny_bert, write_word_collection
 
-WORDS = ["apple", "river", "engine", "violin", "glacier", "falcon", "copper", "tulip", "comet", "harbor",
-         "lantern", "canyon", "pepper", "marble", "storm", "orbit", "meadow", "cipher", "timber", "quartz"]
 QUERIES = [(f"q{i}", text) for i, text in enumerate(
     ["apple river", "violin glacier falcon", "copper comet", "harbor lantern canyon", "storm orbit", "quartz",
      "meadow cipher timber", "pepper marble apple"])]
@@ -27,8 +26,7 @@ def corpus(tmp_path_factory):
     """300 passages of 3-20 words, a random 16-dim teacher, and its float32 token shards (2 of them)."""
     root = tmp_path_factory.mktemp("colbert_e2e")
     rng = np.random.default_rng(0)
-    passages = [(f"d{i:03d}", " ".join(rng.choice(WORDS, size=rng.integers(3, 21)))) for i in range(300)]
-    write_id_text(root / "collection.tsv", passages)
+    passages = write_word_collection(root / "collection.tsv", rng, 300, 21, id_format="d{:03d}")
     write_id_text(root / "queries.tsv", QUERIES)
     ColBERT.from_backbone(str(make_tiny_bert(root / "bert")), dim=16).save(root / "teacher")
     for shard in range(2):

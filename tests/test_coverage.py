@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline.coverage import coverage, main
-from pipeline.io import InputFormatError, write_qrels, write_run
+from pipeline.formats import InputFormatError, write_qrels, write_run
 from tests import trectools_oracle
 
 QRELS = {

@@ -10,31 +10,20 @@ from pipeline.dense.encode import encode_corpus
 from pipeline.dense.index import build_index
 from pipeline.dense.queries import encode_queries
 from pipeline.dense.search import dense_search
-from pipeline.io import (
-    EMBEDDINGS_FILE,
-    IDS_FILE,
-    InputFormatError,
-    open_shard,
-    read_queries,
-    read_run,
-    write_id_text,
-    write_ids,
-)
+from pipeline.formats import InputFormatError, read_queries, read_run, write_id_text
 from pipeline.models.biencoder import BiEncoder
+from pipeline.shards import EMBEDDINGS_FILE, IDS_FILE, open_shard, write_ids
 from pipeline.sparse.jvm import import_pyserini
-from tests.conftest import hang_guard, make_tiny_bert
-
-WORDS = ["apple", "river", "engine", "violin", "glacier", "falcon", "copper",
-         "tulip", "comet", "harbor", "lantern", "canyon", "pepper", "marble"]
+from tests.conftest import WORDS, hang_guard, make_tiny_bert, write_word_collection
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("dense")
     rng = np.random.default_rng(0)
-    passages = [(f"d{i}", " ".join(rng.choice(WORDS, size=rng.integers(3, 30)))) for i in range(230)]
-    write_id_text(root / "collection.tsv", passages)
-    write_id_text(root / "queries.tsv", [(f"q{i}", " ".join(rng.choice(WORDS, size=3))) for i in range(12)])
+    words = WORDS[:14]
+    write_word_collection(root / "collection.tsv", rng, 230, 30, words)
+    write_id_text(root / "queries.tsv", [(f"q{i}", " ".join(rng.choice(words, size=3))) for i in range(12)])
     BiEncoder.from_backbone(str(make_tiny_bert(root / "bert"))).save(root / "model")
     BiEncoder.from_backbone(str(make_tiny_bert(root / "bert2", seed=1))).save(root / "other_model")
     encode_queries(str(root / "model"), [root / "queries.tsv"], [root / "q"], precision="fp32", latency_queries=3)

@@ -15,7 +15,7 @@ import pytest
 from pipeline.cli import run_stage
 from pipeline.dense.index import build_index
 from pipeline.dense.search import Searcher, dense_search, gpu_slices, main, resolve_device, slice_bounds
-from pipeline.io import read_run
+from pipeline.formats import read_run
 from tests.test_dense import corpus, encode_sharded  # the module-scoped corpus fixture: tiny BERT encodings
 
 __all__ = ["corpus"]  # re-exported so pytest finds the fixture in this module

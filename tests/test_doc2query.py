@@ -10,10 +10,9 @@ from pipeline.doc2query import generate as generate_module
 from pipeline.doc2query.expand import expand_collection
 from pipeline.doc2query.generate import generate_queries, shard_path
 from pipeline.doc2query.model import ScratchT5, encode_sources, load_seq2seq, scratch_t5
-from pipeline.doc2query.predictions import read_predictions
 from pipeline.doc2query.train import main as train_main
 from pipeline.doc2query.train import read_pairs, train_doc2query
-from pipeline.io import InputFormatError, clean_text, read_collection, read_run, write_id_text
+from pipeline.formats import InputFormatError, clean_text, read_collection, read_predictions, read_run, write_id_text
 from pipeline.models.backbone import PACKAGED_MINILM, resolve_backbone
 from pipeline.train.loop import LoopConfig
 

@@ -12,10 +12,10 @@ import pytest
 
 from pipeline.doc2query import release
 from pipeline.doc2query.expand import expand_collection
-from pipeline.doc2query.predictions import fetch_predictions, read_predictions
+from pipeline.doc2query.predictions import fetch_predictions
 from pipeline.doc2query.release import ARCHIVE, convert_release, member_name
 from pipeline.download import ChecksumError
-from pipeline.io import InputFormatError, write_id_text
+from pipeline.formats import InputFormatError, read_predictions, write_id_text
 from tests.http_fixture import serve
 
 FOLDER = "predicted_queries_topk_sampling/"

@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.download import ChecksumError, CorruptArchiveError, DownloadError, download, extract_member
-from pipeline.io import InputFormatError
+from pipeline.archives import extract_member
+from pipeline.download import ChecksumError, CorruptArchiveError, DownloadError, download
+from pipeline.formats import InputFormatError
 from tests.http_fixture import serve
 
 

@@ -4,7 +4,7 @@ import pytest
 import pytrec_eval
 
 from pipeline.evaluate import evaluate_run, read_means, score_run
-from pipeline.io import InputFormatError, read_qrels, read_run
+from pipeline.formats import InputFormatError, read_qrels, read_run
 from tests.conftest import shared_data
 
 

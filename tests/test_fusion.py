@@ -6,8 +6,8 @@ import random
 import pytest
 
 from pipeline import fusion
+from pipeline.formats import InputFormatError, read_run, write_run
 from pipeline.fusion import fuse, fuse_arrays, fuse_runs
-from pipeline.io import InputFormatError, read_run, write_run
 from pipeline.run_arrays import encode_runs, run_frame
 from pipeline.sparse.jvm import import_pyserini
 from tests.conftest import shared_data
@@ -171,6 +171,6 @@ def test_fuse_runs_writes_run_and_latency(tmp_path):
     (tmp_path / "d.latency.json").write_text(json.dumps({"latency_ms_median": 3.0}))
     record = fuse_runs(tmp_path / "s.trec", tmp_path / "d.trec", tmp_path / "h.trec", 0.1)
     assert (tmp_path / "h.trec").read_text() == "q Q0 a 1 0.700000 hybrid\nq Q0 b 2 0.600000 hybrid\n" \
-                                                "q Q0 c 3 0.500000 hybrid\n"  # the format of pipeline.io.write_run
+                                                "q Q0 c 3 0.500000 hybrid\n"  # the format of pipeline.formats.write_run
     assert record["latency_ms_median"] == pytest.approx(5.0 + record["fusion_ms_median"], abs=1e-3)
     assert record["sequential_ms_median"] == pytest.approx(8.0 + record["fusion_ms_median"], abs=1e-3)

@@ -10,8 +10,8 @@ import pytest
 
 from pipeline import fusion
 from pipeline.evaluate import score_run
+from pipeline.formats import InputFormatError, read_run, write_qrels, write_run
 from pipeline.fusion_methods import DEPTH, METHODS, fuse_frames, fuse_runs, main, tune_methods
-from pipeline.io import InputFormatError, read_run, write_qrels, write_run
 from tests import trectools_oracle
 
 # q1: sparse ranks a, c, b, d (b and c tie at 2.0: trec_eval's order puts the larger docid, c, first); dense ranks

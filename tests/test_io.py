@@ -7,21 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.io import (
+from pipeline.durable import atomic_directory, atomic_output
+from pipeline.formats import (
     InputFormatError,
-    atomic_directory,
-    atomic_output,
-    npy_record,
     read_collection,
     read_qrels,
     read_queries,
     read_run,
     read_triples,
-    verify_npy,
     write_run,
 )
 from pipeline.run_arrays import RunArrays, read_run_frame
+from pipeline.shards import file_checksum, npy_record, verify_npy
 from tests.conftest import ROOT, hang_guard
 
 
@@ -156,7 +153,7 @@ def test_atomic_directory_keeps_the_old_output_when_the_new_one_cannot_go_in(tmp
 KILLED_BETWEEN_RENAMES = """
 import os, sys
 from pathlib import Path
-from pipeline.io import atomic_directory
+from pipeline.durable import atomic_directory
 real = os.replace
 def replace(source, target):
     if Path(source).name.endswith(".tmp"):
@@ -205,7 +202,7 @@ def test_verify_npy_checks_size_shape_and_checksum(tmp_path):
         verify_npy(path, record, checksum=False)
     with pytest.raises(InputFormatError, match="encode it again"):
         verify_npy(path, None)
-    assert io.file_checksum(path) == npy_record(path)["blake2b"]
+    assert file_checksum(path) == npy_record(path)["blake2b"]
 
 
 def test_atomic_directory_leaves_a_sibling_whose_name_extends_its_own_alone(tmp_path):

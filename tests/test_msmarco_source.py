@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.data.msmarco import MD5, msmarco_passage_source
 from pipeline.download import ChecksumError
-from pipeline.io import InputFormatError
+from pipeline.formats import InputFormatError
 from tests.conftest import shared_data
 from tests.http_fixture import serve
 

@@ -7,7 +7,7 @@ import pytest
 from pipeline.data.sample import sample_queries
 from pipeline.doc2query.train import read_pairs
 from pipeline.evaluate import score_run
-from pipeline.io import read_queries, write_id_text, write_qrels
+from pipeline.formats import read_queries, write_id_text, write_qrels
 
 MEASURES = ["RR@10", "nDCG@10", "R@1000", "R(rel=2)@1000", "P@10", "AP"]
 # q1's junk passage is ranked first, above its relevant ones; q2 has nothing but junk.

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from pipeline.data.negatives import main, mine_negatives
-from pipeline.io import read_qrels, read_run, read_triples, write_qrels, write_run
+from pipeline.formats import read_qrels, read_run, read_triples, write_qrels, write_run
 
 
 @pytest.fixture

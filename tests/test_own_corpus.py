@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline.data.synthetic import synthetic_source
-from pipeline.io import read_qrels
+from pipeline.formats import read_qrels
 from tests.conftest import ROOT, copy_workflow, hang_guard, small_demo_overlay
 
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"

@@ -8,7 +8,9 @@ import torch
 
 from pipeline import precision
 from pipeline.train.batches import TripleBatches
-from pipeline.train.loop import Context, LoopConfig, fingerprint, fit
+from pipeline.train.context import Context
+from pipeline.train.loop import LoopConfig, fit
+from pipeline.train.resume import fingerprint
 from tests.conftest import make_tiny_bert, make_triples_dataset
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
@@ -163,7 +165,7 @@ def test_encoding_stages_record_their_precision(tmp_path, monkeypatch):
     """encode_corpus and encode_queries resolve `auto` on this hardware and write it to their manifests."""
     from pipeline.dense.encode import encode_corpus
     from pipeline.dense.queries import encode_queries
-    from pipeline.io import write_id_text
+    from pipeline.formats import write_id_text
     from pipeline.models.biencoder import BiEncoder
 
     hardware(monkeypatch, instructions=False)

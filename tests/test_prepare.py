@@ -6,7 +6,7 @@ import pytest
 from pipeline.data import Source, Split
 from pipeline.data.local import msmarco_local_source
 from pipeline.data.prepare import prepare_data
-from pipeline.io import InputFormatError, read_collection, read_qrels, read_queries, read_triples
+from pipeline.formats import InputFormatError, read_collection, read_qrels, read_queries, read_triples
 from tests.conftest import shared_data
 
 COLLECTION = "a\tfirst passage\nb\tsecond passage\nc\tthird passage\n"

@@ -6,8 +6,9 @@ import torch
 
 from pipeline.dense.rerank import colbert_rerank
 from pipeline.dense.tokens import encode_tokens
-from pipeline.io import InputFormatError, read_manifest, read_run, write_id_text, write_run
+from pipeline.formats import InputFormatError, read_run, write_id_text, write_run
 from pipeline.models.colbert import ColBERT
+from pipeline.shards import read_manifest
 from tests.conftest import make_tiny_bert
 
 PASSAGES = [(f"d{i}", text) for i, text in enumerate([

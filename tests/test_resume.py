@@ -17,7 +17,10 @@ from safetensors.torch import load_file, save_file
 from pipeline.doc2query.model import ScratchT5
 from pipeline.doc2query.train import train_doc2query
 from pipeline.train import loop as loop_module
-from pipeline.train.loop import Context, LoopConfig, content_digest, load_checkpoint, source_digest
+from pipeline.train import resume as resume_module
+from pipeline.train.context import Context
+from pipeline.train.loop import LoopConfig
+from pipeline.train.resume import content_digest, load_checkpoint, source_digest
 from pipeline.train.student import train_student
 from pipeline.train.teacher import main as teacher_main
 from pipeline.train.teacher import train_teacher
@@ -132,14 +135,14 @@ class Interrupted(Exception):
 
 def stop_after_checkpoint(monkeypatch, step: int) -> None:
     """Make training raise Interrupted right after it wrote the checkpoint of `step`."""
-    save = loop_module._save_checkpoint
+    save = loop_module.save_checkpoint
 
     def save_then_stop(directory, state, keep):
         save(directory, state, keep)
         if state["step"] == step:
             raise Interrupted
 
-    monkeypatch.setattr(loop_module, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_stop)
 
 
 def test_unchanged_content_resumes_bit_identically_at_another_path_and_mtime(base, tmp_path, monkeypatch):
@@ -200,10 +203,10 @@ def test_checkpoints_load_with_weights_only_and_restore_every_random_state(base,
     np.random.seed(5)
     random.seed(5)
     np.random.standard_normal()  # numpy caches a gaussian: part of its state
-    saved = loop_module._rng_states(Context(torch.device("cpu")))
+    saved = resume_module.rng_states(Context(torch.device("cpu")))
     torch.save({"rng": saved}, tmp_path / "rng.pt")
     expected = (torch.rand(3), np.random.rand(3), np.random.standard_normal(), random.random())
-    loop_module._set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"][0])
+    resume_module.set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"][0])
     drawn = (torch.rand(3), np.random.rand(3), np.random.standard_normal(), random.random())
     assert torch.equal(expected[0], drawn[0]) and np.array_equal(expected[1], drawn[1])
     assert expected[2:] == drawn[2:]
@@ -269,9 +272,9 @@ def test_content_digest_catches_a_same_size_edit_and_ignores_the_path(tmp_path):
 
 
 def test_large_files_are_sampled_with_size_and_mtime(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop_module, "FULL_HASH_LIMIT", 1000)
-    monkeypatch.setattr(loop_module, "SAMPLE_BLOCK", 10)
-    monkeypatch.setattr(loop_module, "SAMPLE_BLOCKS", 4)
+    monkeypatch.setattr(resume_module, "FULL_HASH_LIMIT", 1000)
+    monkeypatch.setattr(resume_module, "SAMPLE_BLOCK", 10)
+    monkeypatch.setattr(resume_module, "SAMPLE_BLOCKS", 4)
     big = tmp_path / "big.tsv"
     big.write_bytes(bytes(range(256)) * 20)
     os.utime(big, ns=(10**18, 10**18))

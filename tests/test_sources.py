@@ -12,7 +12,7 @@ import pytest
 from pipeline.data.beir import beir_source
 from pipeline.data.msmarco import msmarco_passage_source
 from pipeline.data.prepare import prepare_data
-from pipeline.io import InputFormatError, read_qrels, read_queries, read_triples
+from pipeline.formats import InputFormatError, read_qrels, read_queries, read_triples
 from tests.conftest import shared_data
 from tests.http_fixture import serve
 

@@ -6,7 +6,7 @@ from scipy import stats
 
 from pipeline import coverage
 from pipeline.evaluate import evaluate_run
-from pipeline.io import write_qrels, write_run
+from pipeline.formats import write_qrels, write_run
 from pipeline.tables import build_table1, build_table2, build_table3, build_table4, build_table5, write_tables
 
 SPEC = {

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from pipeline.models.backbone import CONVENTIONS_FILE
 from pipeline.models.colbert import HEAD_FILE
-from pipeline.train.loop import LoopConfig, load_checkpoint
+from pipeline.train.loop import LoopConfig
+from pipeline.train.resume import load_checkpoint
 from pipeline.train.teacher import main, train_teacher
 from tests.conftest import make_tiny_bert, make_triples_dataset
 

@@ -16,14 +16,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.doc2query.predictions import format_prediction
-from pipeline.io import InputFormatError, read_collection
+from pipeline.formats import InputFormatError, format_prediction, read_collection, read_teacher_scores
 from pipeline.models import colbert as colbert_module
 from pipeline.models.backbone import Conventions, tokenize_passages, tokenize_queries
 from pipeline.models.colbert import ColBERT
 from pipeline.train import student as student_module
-from pipeline.train.batches import TripleBatches, read_teacher_scores
-from pipeline.train.loop import LoopConfig, load_checkpoint
+from pipeline.train.batches import TripleBatches
+from pipeline.train.loop import LoopConfig
+from pipeline.train.resume import load_checkpoint
 from pipeline.train.student import EMBED_TARGET, TeacherTokens, read_generated, train_student
 from pipeline.train.teacher import train_teacher
 from tests.conftest import ROOT, hang_guard, make_tiny_bert, make_triples_dataset, train_small_teacher
@@ -265,10 +265,16 @@ def test_teacher_score_file_is_parsed_and_bad_lines_are_named(setup, tmp_path):
         scores.write_text(f"1.0\t0.5\t{triples[0][0]}\t{triples[0][1]}\t{triples[0][2]}\n{bad}")
         with pytest.raises(InputFormatError, match=f"scores.tsv, {expected}: expected 'pos_score neg_score qid"):
             read_teacher_scores(scores)
-    # A triple the file does not score is named with its line in the triples file.
+    # A triple the file does not score is named with its line in the triples file, or left out and counted.
     scores.write_text(f"1.0\t0.5\t{triples[0][0]}\t{triples[0][1]}\t{triples[0][2]}\n")
     with pytest.raises(InputFormatError, match=r"line 2: expected a triple scored in"):
         TripleBatches(data["triples"], data["queries"], data["collection"], 4, 0, scores)
+    kept = TripleBatches(data["triples"], data["queries"], data["collection"], 4, 0, scores, unscored="drop")
+    assert kept.rows == [tuple(triples[0])] and kept.scores == [(1.0, 0.5)]
+    assert kept.unscored == len(triples) - 1
+    scores.write_text("1.0\t0.5\tq-none\tp-none\tn-none\n")
+    with pytest.raises(InputFormatError, match=r"scores.tsv: expected scores of at least one triple"):
+        TripleBatches(data["triples"], data["queries"], data["collection"], 4, 0, scores, unscored="drop")
 
 
 def test_margin_mse_from_a_score_file_needs_no_teacher_model(setup, tmp_path):

@@ -5,8 +5,8 @@ import pytest
 
 from pipeline.data.sample import sample_queries
 from pipeline.evaluate import score_run
+from pipeline.formats import read_qrels, read_queries, write_id_text, write_qrels, write_run
 from pipeline.fusion import fuse
-from pipeline.io import read_qrels, read_queries, write_id_text, write_qrels, write_run
 from pipeline.tune_alpha import tune_alpha
 
 

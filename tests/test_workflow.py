@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.io import read_triples
+from pipeline.formats import read_triples
 from tests.conftest import copy_workflow, hang_guard, small_demo_overlay
 
 
@@ -56,7 +56,8 @@ def test_paper_config_dag_lists_every_stage(workdir):
               "build_index", "encode_queries", "dense_run", "encode_tokens", "colbert_rerank", "dense_rerank",
               "colbert_index", "colbert_retrieve", "candidate_run",
               "sample_queries", "tune_alpha", "fuse", "tune_fusion_methods", "fuse_methods", "evaluate", "coverage",
-              "tables", "report", "doc2query_download", "expand_collection", "mine_round", "train_round_teacher")
+              "table_spec", "tables", "report", "doc2query_download", "expand_collection", "mine_round",
+              "train_round_teacher")
     listed = result.stdout.split("Job stats:")[-1]
     assert [rule for rule in stages if rule not in listed] == []
     assert "mine_negatives" not in result.stdout  # MS MARCO ships official triples
@@ -115,6 +116,59 @@ def test_paper_recipe_schedules_inits_and_shared_mining(workdir):
     students = {re.search(r"variant=(\w+)", block).group(1): block for block in jobs_of(shorter, "train_student")}
     assert "--steps 20000" in students["tct_hnp"] and "--schedule constant" in students["tct_hnp"]
     assert "--steps 160000" in students["tct_hn"] and "--schedule linear" in students["tct_hn"]
+
+
+def test_margin_mse_in_its_own_setting_learns_from_the_cross_encoder(workdir):
+    """A student with `teacher: cross_encoder` waits for train_cross_encoder and reads its scores alone (no ColBERT
+    teacher); with a published cross-encoder nothing is trained for it."""
+    variant = {"condition": "margin_mse", "gamma": 0.0, "teacher": "cross_encoder", "init": "backbone"}
+    settings = {"student": {"variants": {"margin_ce": variant}}}
+    result = snakemake(workdir, "-n", "-p", "--configfile", "config.yaml", overlay(workdir, settings))
+    assert result.returncode == 0, result.stderr
+    [training] = jobs_of(result, "train_cross_encoder")
+    assert "--max-query-length 30 --pair-length 230" in training and "--batch-size 32" in training
+    [student] = [block for block in jobs_of(result, "train_student") if "variant=margin_ce" in block]
+    model = "resources/msmarco-passage/models/cross_encoder"
+    assert f"--cross-encoder {model}" in student and model in student.split("output:")[0]
+    assert "--teacher " not in student and "--init backbone" in student
+    settings["cross_encoder"] = {"published": "cross-encoder/ms-marco-MiniLM-L-6-v2"}
+    # The authors' score file instead, leaving out the triples it lacks.
+    (workdir / "scores.tsv").write_text("1.0\t0.5\tq\tp\tn\n")
+    settings["student"]["variants"]["margin_file"] = {"condition": "margin_mse", "gamma": 0.0, "init": "backbone",
+                                                      "teacher_scores": "scores.tsv", "unscored": "drop"}
+    published = snakemake(workdir, "-n", "-p", "--configfile", "config.yaml", overlay(workdir, settings))
+    assert published.returncode == 0, published.stderr
+    assert jobs_of(published, "train_cross_encoder") == []
+    assert "--cross-encoder cross-encoder/ms-marco-MiniLM-L-6-v2" in published.stdout
+    assert "--teacher-scores scores.tsv --unscored drop" in published.stdout
+    # A release of the Margin-MSE authors' scores, named instead of a path, is downloaded first.
+    settings["student"]["variants"]["margin_file"]["teacher_scores"] = "bert_cat_ensemble"
+    released = snakemake(workdir, "-n", "-p", "--configfile", "config.yaml", overlay(workdir, settings))
+    assert released.returncode == 0, released.stderr
+    [download] = jobs_of(released, "teacher_scores_download")
+    scores = "resources/downloads/margin-mse/bert_cat_ensemble.tsv"
+    assert scores in download and f"--teacher-scores {scores} --unscored drop" in released.stdout
+
+
+def test_an_asymmetric_student_searches_the_index_of_the_model_it_learned_from(workdir):
+    """EmbedDistill's asymmetric student: trained against tct_inbatch, its queries search tct_inbatch's index; no
+    corpus encoding, index or index comparison runs for it."""
+    settings = {"student": {"variants": {"asym": {"condition": "inbatch", "searches": "tct_inbatch",
+                                                  "backbone": "all-MiniLM-L6-v2"}}},
+                "dense": {"compare": {"kinds": ["hnsw"]}},
+                "table4": {"strategies": {"EmbedDistill: asymmetric student": "asym"}}}
+    result = snakemake(workdir, "-n", "-p", "--configfile", "config.yaml", overlay(workdir, settings))
+    assert result.returncode == 0, result.stderr
+    [training] = jobs_of(result, "train_query_encoder")
+    assert "--teacher resources/msmarco-passage/models/tct_inbatch --backbone all-MiniLM-L6-v2" in training
+    assert "resources/msmarco-passage/models/tct_inbatch" in training.split("output:")[0]
+    assert not [block for block in jobs_of(result, "train_student") if "variant=asym" in block]
+    [search] = [block for block in jobs_of(result, "dense_run") if "model=asym, split=dev" in block]
+    queries = "--queries results/msmarco-passage/queries/asym.dev"
+    assert f"--index resources/msmarco-passage/indexes/dense-tct_inbatch {queries}" in search
+    for rule in ("encode_corpus", "build_index", "compare_indexes"):
+        assert not [block for block in jobs_of(result, rule) if "/asym" in block or "model=asym" in block], rule
+    assert jobs_of(result, "compare_indexes")  # the other models still compare their indexes
 
 
 def test_released_profile_trains_nothing(workdir):
@@ -233,7 +287,8 @@ def test_small_demo_dag_end_to_end(workdir):
     assert rows["BM25"]["dev/RR@10"] != "0.0000"
     table4 = (workdir / "results" / "table4_distillation.tsv").read_text()
     strategies = [line.split("\t") for line in table4.splitlines()]
-    assert [row[1] for row in strategies[1:]] == ["poolavg", "tct_inbatch", "tct_margin", "tct_embed", "tct_generated"]
+    assert [row[1] for row in strategies[1:]] == ["poolavg", "tct_inbatch", "tct_margin", "tct_embed", "tct_generated",
+                                                  "margin_ce", "asym"]
     assert all(0.0 <= float(row[2].rstrip("*")) <= 1.0 and float(row[6]) > 0 for row in strategies[1:])
     expansion = json.loads((workdir / "results" / "synthetic" / "doc2query" / "expansion.json").read_text())
     assert expansion["expanded"] == expansion["passages"] == 400 and expansion["n_queries"] == 2
@@ -268,8 +323,8 @@ def assert_hard_negative_rounds(resources, results):
     tct_inbatch, distilling it."""
     import torch
 
-    from pipeline.io import read_qrels, read_run
-    from pipeline.train.loop import source_digest
+    from pipeline.formats import read_qrels, read_run
+    from pipeline.train.resume import source_digest
 
     qrels, run = read_qrels(resources / "qrels.train.txt"), read_run(results / "runs" / "tct_inbatch.train.trec")
     top = {qid: set(sorted(hits, key=lambda pid: (-hits[pid], pid))[:200]) for qid, hits in run.items()}

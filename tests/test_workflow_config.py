@@ -155,6 +155,30 @@ def test_a_variant_starts_from_the_teacher_the_backbone_or_another_variant():
         merged({"student": {"variants": {"tct_inbatch": {"condition": "inbatch", "init": "tct_hn"}}}})
 
 
+def test_a_student_of_the_cross_encoder_learns_its_pairs_from_it_alone():
+    variant = {"condition": "margin_mse", "gamma": 0.0, "teacher": "cross_encoder", "init": "backbone"}
+    config, _ = merged({"student": {"variants": {"margin_ce": variant}}})
+    assert config["student"]["variants"]["margin_ce"]["teacher"] == "cross_encoder"
+    with pytest.raises(ConfigReferenceError, match=r"student\.variants\.margin_ce\.condition is 'inbatch': the "
+                                                   r"cross-encoder scores each query's own pair only"):
+        merged({"student": {"variants": {"margin_ce": {**variant, "condition": "inbatch"}}}})
+    with pytest.raises(ConfigReferenceError, match=r"margin_ce sets teacher_scores beside teacher: cross_encoder"):
+        merged({"student": {"variants": {"margin_ce": {**variant, "teacher_scores": "scores.tsv"}}}})
+
+
+def test_an_asymmetric_student_searches_a_model_that_encodes_passages():
+    asym = {"condition": "inbatch", "searches": "tct_inbatch"}
+    config, _ = merged({"student": {"variants": {"asym": asym}}})
+    assert config["student"]["variants"]["asym"]["searches"] == "tct_inbatch"
+    with pytest.raises(ConfigReferenceError, match=r"student\.variants\.asym\.searches is 'gone', not a dense model"):
+        merged({"student": {"variants": {"asym": {**asym, "searches": "gone"}}}})
+    with pytest.raises(ConfigReferenceError, match=r"searches is 'asym', not a dense model .* encodes its own"):
+        merged({"student": {"variants": {"asym": asym, "asym2": {**asym, "searches": "asym"}}}})
+    with pytest.raises(ConfigReferenceError, match=r"asym searches tct_inbatch, from which it learns alone .*: "
+                                                   r"remove negatives"):
+        merged({"student": {"variants": {"asym": {**asym, "negatives": "hn"}}}})
+
+
 def test_report_scatter_follows_table1_without_table2():
     config, _ = merged({"table2": None})
     assert config["report"]["scatter"] == ["bm25", "d2q"]

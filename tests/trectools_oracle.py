@@ -15,7 +15,7 @@ import warnings
 import pandas as pd
 from trectools import TrecEval, TrecQrel, TrecRun, fusion
 
-from pipeline.io import Qrels
+from pipeline.formats import Qrels
 
 
 def trec_order(frame: pd.DataFrame) -> pd.DataFrame:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pipeline.io import InputFormatError, Qrels, iter_id_text
+from pipeline.formats import InputFormatError, Qrels, iter_id_text
 
 EMPTY_TEXT = ("error", "drop")
 
@@ -45,9 +45,9 @@ def refuse_empty(path: str | os.PathLike, line: int | None, expected: str, empty
 
 
 def read_id_text(path: str | os.PathLike, what: str, empty_text: str) -> Iterator[tuple[str, str]]:
-    """(id, text) of a source's `id<TAB>text` file, checked line by line as `pipeline.io` reads them.
+    """(id, text) of a source's `id<TAB>text` file, checked line by line as `pipeline.formats` reads them.
 
-    Unlike `pipeline.io.iter_id_text` (which reads the normalised files, where empty text is a bug), an
+    Unlike `pipeline.formats.iter_id_text` (which reads the normalised files, where empty text is a bug), an
     empty or whitespace-only text comes through as '' when `empty_text` is drop, for prepare_data to
     count and leave out.
     """

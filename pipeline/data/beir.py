@@ -15,9 +15,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.archives import extract_member
 from pipeline.data import Source, Split, refuse_empty
-from pipeline.download import CHECKSUMS, download, extract_member
-from pipeline.io import InputFormatError, iter_lines
+from pipeline.download import CHECKSUMS, download
+from pipeline.formats import InputFormatError, iter_lines
 
 OFFICIAL_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/"
 # MD5 of the official zips, from the dataset table of the BEIR README (beir-cellar/beir @20b76b0d);

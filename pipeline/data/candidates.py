@@ -25,10 +25,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.archives import open_member
 from pipeline.cli import run_stage
 from pipeline.data.msmarco import AZURE_HEADERS, OFFICIAL_URL, decoded_lines
-from pipeline.download import CHECKSUMS, download, open_member
-from pipeline.io import InputFormatError, iter_lines, read_queries, run_line, write_run
+from pipeline.download import CHECKSUMS, download
+from pipeline.formats import InputFormatError, iter_lines, read_queries, run_line, write_run
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.data import Source, Split, read_id_text
-from pipeline.io import read_qrels, read_triples
+from pipeline.formats import read_qrels, read_triples
 
 QUERY_NAMES = ("queries.{}.tsv", "topics.{}.txt", "topics.{}.tsv")
 QRELS_NAMES = ("qrels.{}.txt", "qrels.{}.tsv")

@@ -19,9 +19,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from pipeline.archives import extract_member, open_member
 from pipeline.data import Source, Split, read_id_text
-from pipeline.download import CHECKSUMS, download, extract_member, open_member
-from pipeline.io import InputFormatError, atomic_output, iter_lines, read_qrels
+from pipeline.download import CHECKSUMS, download
+from pipeline.durable import atomic_output
+from pipeline.formats import InputFormatError, iter_lines, read_qrels
 
 OFFICIAL_URL = "https://msmarco.z22.web.core.windows.net/msmarcoranking/"
 DL19_QRELS_URL = "https://trec.nist.gov/data/deep/2019qrels-pass.txt"
@@ -48,7 +50,7 @@ def _text_key(text: str) -> int:
 
 
 def decoded_lines(stream: BinaryIO, origin: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) from a binary stream, strict UTF-8, as `pipeline.io.iter_lines` does for files."""
+    """(line number, line) from a binary stream, strict UTF-8, as `pipeline.formats.iter_lines` does for files."""
     for number, raw in enumerate(stream, start=1):
         try:
             line = raw.decode("utf-8")

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import run_stage
-from pipeline.io import InputFormatError, atomic_output, iter_lines, read_qrels, read_run, run_line, write_triples
+from pipeline.durable import atomic_output
+from pipeline.formats import InputFormatError, iter_lines, read_qrels, read_run, run_line, write_triples
 
 log = logging.getLogger(__name__)
 EXAMPLES = 5  # query ids the manifest lists per kind of dropped query

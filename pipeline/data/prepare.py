@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from pipeline.cli import run_stage
 from pipeline.data import EMPTY_TEXT, Source, Split, refuse_empty
-from pipeline.io import InputFormatError, write_id_text, write_qrels, write_triples
+from pipeline.formats import InputFormatError, write_id_text, write_qrels, write_triples
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import run_stage
-from pipeline.io import read_qrels, read_queries, write_id_text, write_qrels
+from pipeline.formats import read_qrels, read_queries, write_id_text, write_qrels
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,8 @@ from pipeline.cli import run_stage
 from pipeline.dense.runtime import device_name, model_fingerprint
 from pipeline.dense.token_index import open_token_index
 from pipeline.dense.tokens import TokenStore
-from pipeline.io import atomic_output, read_queries, write_run
+from pipeline.durable import atomic_output
+from pipeline.formats import read_queries, write_run
 from pipeline.models.backbone import tokenize_queries
 from pipeline.models.colbert import ColBERT, maxsim
 from pipeline.precision import describe

@@ -25,7 +25,8 @@ import pandas as pd
 from pipeline.cli import run_stage
 from pipeline.dense.index import KINDS, add_index_arguments, build_index, index_parameters
 from pipeline.dense.search import load_index
-from pipeline.io import atomic_output, open_shard, remove_stale_staging
+from pipeline.durable import atomic_output, remove_stale_staging
+from pipeline.shards import open_shard
 from pipeline.timing import time_each
 
 log = logging.getLogger(__name__)

@@ -33,20 +33,11 @@ from tqdm import tqdm
 from pipeline import precision as amp_precision
 from pipeline.cli import run_stage
 from pipeline.dense.runtime import model_fingerprint
-from pipeline.io import (
-    EMBEDDINGS_FILE,
-    IDS_FILE,
-    MANIFEST_FILE,
-    InputFormatError,
-    atomic_directory,
-    files_record,
-    ids_checksum,
-    open_shard,
-    read_collection_shard,
-    write_ids,
-)
+from pipeline.durable import atomic_directory
+from pipeline.formats import InputFormatError, read_collection_shard
 from pipeline.models.backbone import tokenize_passages
 from pipeline.models.biencoder import BiEncoder
+from pipeline.shards import EMBEDDINGS_FILE, IDS_FILE, MANIFEST_FILE, files_record, ids_checksum, open_shard, write_ids
 
 log = logging.getLogger(__name__)
 WINDOW = 50_000  # passages tokenised at a time

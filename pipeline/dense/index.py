@@ -12,7 +12,7 @@ Every shard is verified against its manifest: the size, shape and dtype of `emb.
 read (a truncated file is refused by path, not by a failing mmap), and its blake2b checksum while it
 is streamed into the index: no second read, and each block is hashed in a second thread while it is
 added (on 614 MB of float16 shards on 2 cores, streaming into a flat index took 0.84 s with the
-checksum, 0.73 s without, 1.26 s hashing in line; see pipeline.io for the policy). A mismatch stops
+checksum, 0.73 s without, 1.26 s hashing in line; see pipeline.shards for the policy). A mismatch stops
 the build, naming the file, before the index is written.
 """
 
@@ -29,19 +29,17 @@ import faiss
 import numpy as np
 
 from pipeline.cli import run_stage
-from pipeline.io import (
+from pipeline.durable import atomic_directory, atomic_output
+from pipeline.formats import InputFormatError, read_collection
+from pipeline.shards import (
     CHECKSUM,
     EMBEDDINGS_FILE,
     MANIFEST_FILE,
-    InputFormatError,
-    atomic_directory,
-    atomic_output,
     checksum_mismatch,
     lines_checksum,
     new_checksum,
     npy_header,
     open_shard,
-    read_collection,
 )
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ for one query at a time (median and p95, in ms) on the `--timed` splits (default
 shard's, the size, shape, dtype and blake2b checksum of `emb.npy`, which search, compare_indexes and
 dense_rerank verify in full when they open it (a few MB: milliseconds). `--judged` keeps only the queries
 with a relevant judgement in that qrels file: mining needs a positive, and MS MARCO's train queries file
-holds 0.8M queries of which 0.5M are judged.
+holds 0.8M queries of which 0.5M are judged. An asymmetric student (`pipeline.models.query_encoder`) writes
+the fingerprint of the model whose index it searches.
 """
 
 from __future__ import annotations
@@ -29,18 +30,11 @@ import torch
 from pipeline import precision as amp_precision
 from pipeline.cli import run_stage
 from pipeline.dense.runtime import device_name, model_fingerprint
-from pipeline.io import (
-    EMBEDDINGS_FILE,
-    IDS_FILE,
-    MANIFEST_FILE,
-    atomic_directory,
-    files_record,
-    ids_checksum,
-    read_qrels,
-    read_queries,
-    write_ids,
-)
+from pipeline.durable import atomic_directory
+from pipeline.formats import read_qrels, read_queries
 from pipeline.models.biencoder import BiEncoder
+from pipeline.models.query_encoder import QueryEncoder, is_query_encoder
+from pipeline.shards import EMBEDDINGS_FILE, IDS_FILE, MANIFEST_FILE, files_record, ids_checksum, write_ids
 from pipeline.timing import time_each
 
 log = logging.getLogger(__name__)
@@ -55,7 +49,14 @@ def encode_queries(model: str, queries: Sequence[Path], outs: Sequence[Path], ba
     relevance > 0 in that qrels file."""
     if len(queries) != len(outs):
         raise ValueError(f"{len(queries)} query files but {len(outs)} output directories: give one --out per --queries")
-    encoder = BiEncoder.load_any(model)
+    # An asymmetric student (EmbedDistill) is scored with another model's passages: its vectors carry that model's
+    # fingerprint, which search checks against the index.
+    if is_query_encoder(model):
+        encoder = QueryEncoder.load(Path(model))
+        fingerprint, dims = encoder.passages_fingerprint, encoder.dims
+    else:
+        encoder = BiEncoder.load_any(model)
+        fingerprint, dims = model_fingerprint(model), encoder.bert.config.hidden_size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = amp_precision.resolve_and_log(precision, device, "encode_queries")
     encoder.to(device).eval()
@@ -70,14 +71,14 @@ def encode_queries(model: str, queries: Sequence[Path], outs: Sequence[Path], ba
             log.info("%s: %d of %d queries have a relevant judgement in %s; the others are not encoded",
                      queries_path, len(kept), len(found), judged)
         ids, texts = list(kept), list(kept.values())
-        chunks = [np.zeros((0, encoder.bert.config.hidden_size), dtype=np.float32)]
+        chunks = [np.zeros((0, dims), dtype=np.float32)]
         timing = texts[:latency_queries] if timed is None or queries_path in timed else []
         with torch.inference_mode(), amp_precision.autocast(device, resolved):
             for start in range(0, len(texts), batch_size):
                 chunks.append(encoder.encode_queries(texts[start:start + batch_size]).float().cpu().numpy())
             latency = time_each(timing, lambda text: encoder.encode_queries([text]).float().cpu())
         vectors = np.concatenate(chunks).astype(np.float32)
-        manifest = {"model": model, "model_fingerprint": model_fingerprint(model), "pooling": "mean",
+        manifest = {"model": model, "model_fingerprint": fingerprint, "pooling": "mean",
                     "dims": int(vectors.shape[1]), "dtype": "float32", "count": len(ids),
                     "ids_checksum": ids_checksum(ids), "queries": str(queries_path),
                     **({"judged": str(judged), "unjudged_left_out": len(found) - len(kept)} if judged else {}),

@@ -6,7 +6,7 @@
 Scores are dot products of the stored passage embeddings with the encoded queries, so the
 student's re-ranking and full-retrieval numbers come from the very same vectors. Every shard (and
 the encoded queries) is verified against its manifest before use, blake2b checksum of `emb.npy`
-included (pipeline.io.open_shard; about 1 s per GB of shards).
+included (pipeline.shards.open_shard; about 1 s per GB of shards).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import run_stage
-from pipeline.io import MANIFEST_FILE, InputFormatError, open_shard, read_run, write_run
+from pipeline.formats import InputFormatError, read_run, write_run
+from pipeline.shards import MANIFEST_FILE, open_shard
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,9 @@ import numpy as np
 
 from pipeline.cli import run_stage
 from pipeline.dense.runtime import device_name
-from pipeline.io import MANIFEST_FILE, InputFormatError, atomic_output, open_shard, read_manifest, write_run
+from pipeline.durable import atomic_output
+from pipeline.formats import InputFormatError, write_run
+from pipeline.shards import MANIFEST_FILE, open_shard, read_manifest
 from pipeline.timing import time_each
 
 log = logging.getLogger(__name__)

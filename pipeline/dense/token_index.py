@@ -58,15 +58,9 @@ import numpy as np
 
 from pipeline.cli import run_stage
 from pipeline.dense.tokens import OFFSETS_FILE, TOKENS_FILE, TokenStore
-from pipeline.io import (
-    CHECKSUM,
-    MANIFEST_FILE,
-    InputFormatError,
-    atomic_directory,
-    checksum_mismatch,
-    file_checksum,
-    read_manifest,
-)
+from pipeline.durable import atomic_directory
+from pipeline.formats import InputFormatError
+from pipeline.shards import CHECKSUM, MANIFEST_FILE, checksum_mismatch, file_checksum, read_manifest
 
 log = logging.getLogger(__name__)
 KINDS = ("ivfpq", "flat")

@@ -33,21 +33,20 @@ from tqdm import tqdm
 from pipeline import precision as amp_precision
 from pipeline.cli import run_stage
 from pipeline.dense.runtime import model_fingerprint
-from pipeline.io import (
+from pipeline.durable import atomic_directory
+from pipeline.formats import InputFormatError, read_collection_shard
+from pipeline.models.backbone import tokenize_passages
+from pipeline.models.colbert import ColBERT
+from pipeline.shards import (
     IDS_FILE,
     MANIFEST_FILE,
-    InputFormatError,
-    atomic_directory,
     files_record,
     ids_checksum,
-    read_collection_shard,
     read_manifest,
     read_shard_ids,
     verify_npy,
     write_ids,
 )
-from pipeline.models.backbone import tokenize_passages
-from pipeline.models.colbert import ColBERT
 
 log = logging.getLogger(__name__)
 TOKENS_FILE, OFFSETS_FILE = "tokens.npy", "offsets.npy"

@@ -25,8 +25,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pipeline.cli import run_stage
-from pipeline.doc2query.predictions import iter_predictions
-from pipeline.io import InputFormatError, atomic_output, clean_text, iter_id_text
+from pipeline.durable import atomic_output
+from pipeline.formats import InputFormatError, clean_text, iter_id_text, iter_predictions
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,9 @@ from pipeline import precision as amp_precision
 from pipeline.cli import run_stage
 from pipeline.dense.runtime import model_fingerprint
 from pipeline.doc2query.model import encode_sources, load_seq2seq
-from pipeline.doc2query.predictions import format_prediction
-from pipeline.io import atomic_output, clean_text, ids_checksum, read_collection_shard
+from pipeline.durable import atomic_output
+from pipeline.formats import clean_text, format_prediction, read_collection_shard
+from pipeline.shards import ids_checksum
 
 log = logging.getLogger(__name__)
 

@@ -20,21 +20,17 @@ gives collection order).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import logging
-import os
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 from tqdm import tqdm
 
 from pipeline.cli import run_stage
 from pipeline.download import CHECKSUMS, download
-from pipeline.io import InputFormatError, atomic_output
+from pipeline.durable import atomic_output
+from pipeline.formats import format_prediction, iter_predictions
 
 log = logging.getLogger(__name__)
 
@@ -46,59 +42,6 @@ HF_BASE_URL = "https://huggingface.co/datasets/castorini/msmarco_v1_passage_doc2
 # the end of its gzip stream, then its size and sha256 are recorded and every later use must match them.
 # Every line is still checked while merging, so a bad record stops with file and line.
 OFFICIAL_PARTS: tuple[tuple[str, str | None], ...] = (("d2q.jsonl.gz", None),)
-EXPECTED = 'a JSON object with keys "id" (a non-empty string) and "predicted_queries" (a list of strings)'
-
-
-def _open(path: str | os.PathLike) -> BinaryIO:
-    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
-
-
-def _parse(path: str | os.PathLike, number: int, raw: bytes) -> tuple[str, list[str]]:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InputFormatError(path, number, "UTF-8 text", f"invalid byte at column {err.start + 1}") from None
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        if not raw.endswith(b"\n"):
-            # A download or a generation run cut short ends in the middle of a record.
-            raise InputFormatError(path, number, "a complete last line; it has no newline and is not valid JSON, "
-                                   "so the file looks truncated", line) from None
-        raise InputFormatError(path, number, EXPECTED, line.rstrip("\r\n")) from None
-    pid = record.get("id") if isinstance(record, dict) else None
-    queries = record.get("predicted_queries") if isinstance(record, dict) else None
-    if isinstance(pid, int) and not isinstance(pid, bool):
-        pid = str(pid)  # numeric ids written as numbers by other tools
-    if (not isinstance(pid, str) or not pid.strip() or not isinstance(queries, list)
-            or not all(isinstance(query, str) for query in queries)):
-        raise InputFormatError(path, number, EXPECTED, line.rstrip("\r\n"))
-    return pid.strip(), queries
-
-
-def iter_predictions(path: str | os.PathLike) -> Iterator[tuple[int, str, list[str]]]:
-    """Yield (line number, pid, predicted queries), checking every line; streams, never loads the file."""
-    number = 0
-    try:
-        with _open(path) as handle:
-            for number, raw in enumerate(handle, start=1):
-                pid, queries = _parse(path, number, raw)
-                yield number, pid, queries
-    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-        raise InputFormatError(path, number + 1, "a complete gzip stream (a truncated download?)", str(err)) from None
-
-
-def read_predictions(path: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
-    """Yield (pid, predicted queries) in file order."""
-    for _, pid, queries in iter_predictions(path):
-        yield pid, queries
-
-
-def format_prediction(pid: str, queries: Sequence[str]) -> str:
-    """One line of the official format (with its newline)."""
-    return json.dumps({"id": pid, "predicted_queries": list(queries)}, ensure_ascii=False) + "\n"
-
-
 def merge_predictions(inputs: Sequence[Path], out: Path, progress: bool = True) -> int:
     """Check `inputs` and write them, in order, as one normalised predictions file; returns its line count."""
     count = 0

@@ -30,9 +30,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.cli import run_stage
-from pipeline.doc2query.predictions import format_prediction
 from pipeline.download import DownloadError, download
-from pipeline.io import InputFormatError, atomic_output
+from pipeline.durable import atomic_output
+from pipeline.formats import InputFormatError, format_prediction
 
 log = logging.getLogger(__name__)
 

@@ -27,20 +27,12 @@ from torch import nn
 
 from pipeline.cli import run_stage
 from pipeline.doc2query.model import ScratchT5, encode_sources, encode_targets, load_seq2seq, scratch_t5
-from pipeline.io import InputFormatError, read_collection, read_qrels, read_queries
+from pipeline.formats import InputFormatError, read_collection, read_qrels, read_queries
 from pipeline.models.backbone import PACKAGED_MINILM
 from pipeline.train.batches import Batch, TripleBatches
-from pipeline.train.loop import (
-    Context,
-    LoopConfig,
-    add_loop_arguments,
-    fingerprint,
-    finish,
-    fit,
-    loop_config,
-    seed_everything,
-    setup_context,
-)
+from pipeline.train.context import Context, seed_everything, setup_context
+from pipeline.train.loop import LoopConfig, add_loop_arguments, finish, fit, loop_config
+from pipeline.train.resume import fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from pipeline.cli import run_stage
-from pipeline.io import atomic_directory, read_collection
+from pipeline.durable import atomic_directory
+from pipeline.formats import read_collection
 from pipeline.sparse.jvm import start_jvm
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.cli import run_stage
-from pipeline.io import InputFormatError, atomic_output, iter_id_text, remove_stale_staging
+from pipeline.durable import atomic_output, remove_stale_staging
+from pipeline.formats import InputFormatError, iter_id_text
 from pipeline.sparse.index import lucene_dir
 from pipeline.sparse.jvm import start_jvm
 from pipeline.timing import cpu_name, time_each

@@ -7,6 +7,7 @@ over accumulation steps sees exactly the triples a single process would.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.io import InputFormatError, iter_lines, read_collection, read_queries
+from pipeline.formats import InputFormatError, iter_lines, read_collection, read_queries, read_teacher_scores
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,30 +36,19 @@ def join_passages(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([part[: len(part) // 2] for part in parts] + [part[len(part) // 2:] for part in parts])
 
 
-def read_teacher_scores(path: Path) -> dict[tuple[str, str, str], tuple[float, float]]:
-    """Margin-MSE teacher scores in their authors' format: `pos_score neg_score qid pos_pid neg_pid` per line."""
-    scores = {}
-    for number, line in iter_lines(path):
-        fields = line.split()
-        try:
-            if len(fields) != 5:
-                raise ValueError
-            positive, negative = float(fields[0]), float(fields[1])
-        except ValueError:
-            raise InputFormatError(path, number, "'pos_score neg_score qid pos_pid neg_pid' with numeric scores",
-                                   line) from None
-        scores[(fields[2], fields[3], fields[4])] = (positive, negative)
-    if not scores:
-        raise InputFormatError(path, None, "at least one scored triple")
-    return scores
+UNSCORED = ("error", "drop")  # what to do with a triple the teacher score file lacks
 
 
 class TripleBatches:
     def __init__(self, triples: Path, queries: Path, collection: Path, batch_size: int, seed: int,
                  teacher_scores: Path | None = None, generated: dict[str, list[str]] | None = None,
-                 generated_ratio: float = 0.0):
+                 generated_ratio: float = 0.0, unscored: str = "error"):
         """`generated` (pid -> queries generated from that passage) replaces the query of a seeded
-        `generated_ratio` share of each global batch's triples by one generated from its positive."""
+        `generated_ratio` share of each global batch's triples by one generated from its positive. A triple that
+        `teacher_scores` lacks stops with its file and line (`unscored` "error"), or is left out and counted
+        ("drop")."""
+        if unscored not in UNSCORED:
+            raise ValueError(f"unscored must be one of {UNSCORED}, not {unscored!r}")
         if not 0.0 <= generated_ratio <= 1.0:
             raise ValueError(f"generated_ratio must lie in [0, 1], not {generated_ratio}")
         self.batch_size, self.seed = batch_size, seed
@@ -82,12 +74,21 @@ class TripleBatches:
                     raise InputFormatError(triples, number, f"pids from {collection}; {pid} is not there")
         self.query_texts = {qid: texts[qid] for qid, _, _ in rows}
         self.scores = None
+        self.unscored = 0  # triples left out because the score file lacks them (unscored: drop)
         if teacher_scores is not None:
             scores = read_teacher_scores(teacher_scores)
-            missing = next((number for number, row in enumerate(rows, start=1) if row not in scores), None)
-            if missing is not None:
-                raise InputFormatError(triples, missing, f"a triple scored in {teacher_scores}",
-                                       "\t".join(rows[missing - 1]))
+            scored = [row in scores for row in rows]
+            if unscored == "error" and not all(scored):
+                missing = scored.index(False)
+                raise InputFormatError(triples, missing + 1, f"a triple scored in {teacher_scores} (or leave the "
+                                       "unscored ones out: unscored drop)", "\t".join(rows[missing]))
+            self.unscored = scored.count(False)
+            rows = [row for row, kept in zip(rows, scored, strict=True) if kept]
+            if not rows:
+                raise InputFormatError(teacher_scores, None, f"scores of at least one triple of {triples}")
+            if self.unscored:
+                log.warning("left out %d of %d triples of %s: %s does not score them", self.unscored,
+                            self.unscored + len(rows), triples, teacher_scores)
             self.scores = [scores[row] for row in rows]
         self.rows = rows
         self._orders: dict[int, np.ndarray] = {}

@@ -9,7 +9,9 @@ Tight coupling: the frozen teacher scores the very batch the student sees, in th
 from the same tokens (no precomputed scores). The student starts from the teacher's BERT weights,
 from `--backbone` (`--init backbone`), or from a trained student (`--init student --init-from DIR`: a
 hard-negative round continuing from the student that mined it). The teacher labels in eval mode unless
-`--teacher-dropout` (the released code keeps its dropout on). The whole batch is one softmax: across
+`--teacher-dropout` (the released code keeps its dropout on). Margin-MSE (Hofstätter et al. 2020) can
+learn from a cross-encoder instead (`--cross-encoder`, scoring each pair online) or from its authors'
+score file (`--teacher-scores`). The whole batch is one softmax: across
 GPUs under torchrun (`--gather`, the default) and across accumulated micro-batches (gradient caching,
 see `pipeline.train.gradcache`).
 """
@@ -30,25 +32,17 @@ from torch import nn
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from pipeline.cli import run_stage
-from pipeline.doc2query.predictions import read_predictions
-from pipeline.io import iter_lines
+from pipeline.formats import iter_lines, read_predictions
 from pipeline.models.backbone import Conventions, masked_mean, tokenize_passages, tokenize_queries
 from pipeline.models.biencoder import BiEncoder
 from pipeline.models.colbert import ColBERT, maxsim, pad_tokens
-from pipeline.train.batches import Batch, TripleBatches, join_passages
+from pipeline.models.cross_encoder import CrossEncoder
+from pipeline.train.batches import UNSCORED, Batch, TripleBatches, join_passages
+from pipeline.train.context import Context, seed_everything, setup_context
 from pipeline.train.gradcache import BatchObjective, Encodings
-from pipeline.train.loop import (
-    Context,
-    LoopConfig,
-    add_loop_arguments,
-    fingerprint,
-    finish,
-    fit,
-    loop_config,
-    seed_everything,
-    setup_context,
-)
+from pipeline.train.loop import LoopConfig, add_loop_arguments, finish, fit, loop_config
 from pipeline.train.losses import CONDITIONS, dot_scores, embedding_matching, student_loss
+from pipeline.train.resume import fingerprint
 
 log = logging.getLogger(__name__)
 # What embedding matching pulls the student toward, recorded in the checkpoints' fingerprint: earlier
@@ -160,7 +154,7 @@ class _Inputs:
     query_tokens: BatchEncoding
     passage_tokens: BatchEncoding
     teacher: TeacherTokens | None
-    teacher_pairs: torch.Tensor | None  # (B, 2) scores from a score file
+    teacher_pairs: torch.Tensor | None  # (B, 2) scores from a score file or the cross-encoder
     labelled: torch.Tensor | None
 
 
@@ -174,6 +168,7 @@ class _Distillation:
 
     tokenizer: PreTrainedTokenizerBase
     teacher: ColBERT | None  # None: no online teacher and no embedding matching
+    cross_encoder: CrossEncoder | None  # scores each query's own pair (Margin-MSE's teacher)
     conv: Conventions
     ctx: Context
     condition: str
@@ -192,6 +187,9 @@ class _Distillation:
                                            padding).to(device)
         teacher = None if self.teacher is None else TeacherTokens.of(self.teacher, query_tokens, passage_tokens)
         pairs = None if micro.teacher_pairs is None else torch.tensor(micro.teacher_pairs, device=device)
+        if self.cross_encoder is not None:
+            scores = self.cross_encoder.score(micro.queries * 2, micro.positives + micro.negatives)
+            pairs = torch.stack(scores.float().split(len(micro.queries)), dim=1)
         labelled = None if micro.labelled is None else torch.tensor(micro.labelled, device=device)
         return _Inputs(query_tokens, passage_tokens, teacher, pairs, labelled)
 
@@ -231,30 +229,34 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
                   teacher_tau: float = 0.25, student_tau: float = 1.0, init: str = "teacher",
                   backbone: str | None = None, gather: bool = True, conv: Conventions = Conventions(),
                   ctx: Context | None = None, teacher_scores: Path | None = None, init_from: Path | None = None,
-                  teacher_dropout: bool = False,
+                  teacher_dropout: bool = False, cross_encoder: Path | None = None, unscored: str = "error",
                   embed_weight: float = 0.0, generated: dict[str, list[str]] | None = None,
                   generated_ratio: float = 0.0, generated_files: Sequence[Path] = ()) -> None:
     """Distil `teacher_dir` into a bi-encoder and save it to `out` (condition `none` needs no teacher).
 
     `gather` (under torchrun) makes every rank's passages negatives of every query. `teacher_scores`
-    replaces the online teacher's scores by a Margin-MSE score file (each query's own pair, so
-    `triplet` or `margin_mse` only); `embed_weight` > 0 adds EmbedDistill's embedding matching of queries
-    and passages against the mean of the teacher's MaxSim token vectors (`embedding_matching_loss`).
+    replaces the online teacher's scores by a Margin-MSE score file, and `cross_encoder` by a cross-encoder's
+    online scores (each query's own pair, so `triplet` or `margin_mse` only); `embed_weight` > 0 adds
+    EmbedDistill's embedding matching of queries and passages against the mean of the teacher's MaxSim token
+    vectors (`embedding_matching_loss`).
     `generated` (pid -> queries generated from it) mixed in at `generated_ratio`: those rows are labelled
     by the online teacher alone, which only tight coupling makes possible (no qrels, no precomputed
     scores); `generated_files`, the prediction files `generated` was read from, identify it in the checkpoints.
     """
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
-    if teacher_scores is not None and condition not in ("triplet", "margin_mse"):
-        raise ValueError(f"a teacher score file holds each query's own pair only: condition {condition!r} needs "
-                         "the online teacher; use triplet or margin_mse")
-    if generated_ratio > 0 and (condition == "none" or teacher_scores is not None):
-        raise ValueError("generated queries are labelled by the online teacher: use a distilling condition "
-                         "without --teacher-scores")
+    pair_source = "--teacher-scores" if teacher_scores is not None else "--cross-encoder" if cross_encoder else None
+    if teacher_scores is not None and cross_encoder is not None:
+        raise ValueError("give the teacher's pair scores once: --teacher-scores or --cross-encoder, not both")
+    if pair_source and condition not in ("triplet", "margin_mse"):
+        raise ValueError(f"{pair_source} scores each query's own pair only: condition {condition!r} needs "
+                         "the ColBERT teacher; use triplet or margin_mse")
+    if generated_ratio > 0 and (condition == "none" or pair_source):
+        raise ValueError("generated queries are labelled by the online ColBERT teacher: use a distilling condition "
+                         "without --teacher-scores or --cross-encoder")
     ctx = ctx or setup_context()
     teacher = None
-    if (condition != "none" and teacher_scores is None) or embed_weight > 0:
+    if (condition != "none" and pair_source is None) or embed_weight > 0:
         if teacher_dir is None:
             raise ValueError(f"condition {condition!r} distils a teacher: give --teacher")
         teacher = ColBERT.load(teacher_dir).to(ctx.device).train(teacher_dropout).requires_grad_(False)
@@ -271,10 +273,12 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
         seed_everything(cfg.seed)  # the map is initialised from this seed
         matcher = nn.Linear(student.bert.config.hidden_size, teacher.linear.out_features, bias=False)
     batches = TripleBatches(triples, queries, collection, cfg.batch_size, cfg.seed, teacher_scores, generated,
-                            generated_ratio)
+                            generated_ratio, unscored)
     gathering = gather and ctx.world > 1
-    distillation = _Distillation(student.tokenizer, teacher, conv, ctx, condition, gamma, teacher_tau, student_tau,
-                                 embed_weight, gathering)
+    scorer = None if cross_encoder is None else (
+        CrossEncoder.load(cross_encoder).to(ctx.device).train(teacher_dropout).requires_grad_(False))
+    distillation = _Distillation(student.tokenizer, teacher, scorer, conv, ctx, condition, gamma, teacher_tau,
+                                 student_tau, embed_weight, gathering)
     made_from = fingerprint(
         "student",
         {"init": init, "loop": cfg, "condition": condition, "gamma": gamma, "teacher_tau": teacher_tau,
@@ -287,6 +291,7 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
          **({"init_from": init_from} if init == "student" else {}),  # absent otherwise: older checkpoints resume
          "triples": triples, "queries": queries,
          "collection": collection, "teacher_scores": teacher_scores,
+         **({"cross_encoder": cross_encoder} if cross_encoder else {}),  # absent otherwise: older checkpoints resume
          # The prediction files when given (a multi-GB file is sampled), else the queries handed in.
          "generated": list(generated_files) if generated_files else generated},
         ctx)
@@ -314,6 +319,10 @@ def main(argv: list[str] | None = None) -> None:
                              "--no-gather: each rank's own")
     parser.add_argument("--teacher-scores", type=Path, default=None,
                         help="Margin-MSE scores ('pos_score neg_score qid pos_pid neg_pid') instead of online ones")
+    parser.add_argument("--unscored", choices=UNSCORED, default="error",
+                        help="a triple --teacher-scores lacks: stop naming its line (error), or leave it out (drop)")
+    parser.add_argument("--cross-encoder", type=Path, default=None,
+                        help="a cross-encoder (train_cross_encoder's, or a published one) scoring each pair online")
     parser.add_argument("--embed-weight", type=float, default=0.0, help="weight of embedding matching (EmbedDistill)")
     parser.add_argument("--generated", type=Path, nargs="+", default=[],
                         help="doc2query predictions (JSON lines): queries generated from the training positives")
@@ -329,7 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     train_student(args.teacher, args.triples, args.queries, args.collection, args.out, args.checkpoints,
                   args.losses, loop_config(args), args.condition, args.gamma, args.teacher_tau, args.student_tau,
                   args.init, args.backbone, args.gather, conv, teacher_scores=args.teacher_scores,
-                  init_from=args.init_from, teacher_dropout=args.teacher_dropout,
+                  init_from=args.init_from, teacher_dropout=args.teacher_dropout, cross_encoder=args.cross_encoder,
+                  unscored=args.unscored,
                   embed_weight=args.embed_weight,
                   generated=read_generated(args.generated, args.triples) if args.generated else None,
                   generated_ratio=args.generated_ratio, generated_files=args.generated)

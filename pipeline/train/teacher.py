@@ -24,19 +24,11 @@ from pipeline.cli import run_stage
 from pipeline.models.backbone import Conventions, tokenize_passages, tokenize_queries
 from pipeline.models.colbert import ColBERT, maxsim, pad_tokens
 from pipeline.train.batches import Batch, TripleBatches, join_passages
+from pipeline.train.context import Context, seed_everything, setup_context
 from pipeline.train.gradcache import BatchObjective, Encodings
-from pipeline.train.loop import (
-    Context,
-    LoopConfig,
-    add_loop_arguments,
-    fingerprint,
-    finish,
-    fit,
-    loop_config,
-    seed_everything,
-    setup_context,
-)
+from pipeline.train.loop import LoopConfig, add_loop_arguments, finish, fit, loop_config
 from pipeline.train.losses import inbatch_cross_entropy, teacher_pairwise_loss
+from pipeline.train.resume import fingerprint
 
 log = logging.getLogger(__name__)
 

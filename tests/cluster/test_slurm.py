@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, copy_workflow, hang_guard, small_demo_overlay
+from tests.conftest import ROOT, copy_workflow, hang_guard, neighbour_students, small_demo_overlay
 from tests.test_rule_coverage import workflow_rules
 
 if os.environ.get("PIPELINE_SLURM") != "1":
@@ -29,10 +29,10 @@ if os.environ.get("PIPELINE_SLURM") != "1":
 SLURM_SH = Path(__file__).with_name("slurm.sh")
 SKIP_CODE = 77                       # slurm.sh: the Debian packages cannot be installed here
 PARTITION, ACCOUNT = "debug", "pipelinetest"
-LOCAL_RULES = {"all", "prepare_data", "tables", "report"}
-GPU_RULES = {"train_teacher", "train_student", "encode_corpus", "encode_queries", "encode_train_queries",
-             "encode_tokens", "colbert_rerank", "colbert_index", "colbert_retrieve", "train_doc2query",
-             "generate_doc2query"}
+LOCAL_RULES = {"all", "prepare_data", "table_spec", "tables", "report"}
+GPU_RULES = {"train_teacher", "train_cross_encoder", "train_student", "train_query_encoder", "encode_corpus",
+             "encode_queries", "encode_train_queries", "encode_tokens", "colbert_rerank", "colbert_index",
+             "colbert_retrieve", "train_doc2query", "generate_doc2query"}
 TORCHRUN_PROCESSES = 2               # train_teacher's processes (teacher.gpus) in the whole-DAG test
 TEACHER_RULES = {"train_teacher", "train_round_teacher"}  # both take teacher.gpus (torchrun)
 # The first status query waits seconds-between-status-checks, the later ones the plugin's own interval:
@@ -138,6 +138,7 @@ def every_rule_once(workdir: Path) -> list[str]:
     settings["evaluation"] = {"columns": [{"split": "dev", "measure": "RR@10"}], "coverage": {"splits": ["dev"]}}
     settings["fusion"]["methods"] = ["eq7", "rrf"]
     settings["student"]["variants"] = {"poolavg": None, "tct_triplet": None, "tct_hn": None}
+    neighbour_students(settings, settings["student"]["train"])  # train_cross_encoder, train_query_encoder
     settings["table1"] = {"rows": {name: None for name in (
         "Bi-encoder (PoolAvg)", "PoolAvg + BM25", "PoolAvg + doc2query-T5", "TCT-ColBERT + doc2query-T5",
         "TCT-ColBERT HN", "TCT-ColBERT HN+ + BM25", "TCT-ColBERT HN+ + doc2query-T5")}}
@@ -202,8 +203,8 @@ def test_every_rule_on_slurm_matches_the_local_run(slurm, tmp_path):
         local_result, local_seconds = local_run.result()
     assert local_result.returncode == 0, output(local_result)[-3000:]
     expected = job_stats(output(local_result))
-    # Every rule but the two that only fetch MS MARCO's published files (tests/README.md says where they run).
-    assert workflow_rules() - set(expected) == {"candidate_run", "doc2query_download"}
+    # Every rule but the three that only fetch MS MARCO's published files (tests/README.md says where they run).
+    assert workflow_rules() - set(expected) == {"candidate_run", "doc2query_download", "teacher_scores_download"}
     log = output(result)
     (tmp_path / "cluster.log").write_text(log)
     print(f"every rule once: local {local_seconds:.0f} s, SLURM {cluster_seconds:.0f} s (log: {tmp_path}/cluster.log)")

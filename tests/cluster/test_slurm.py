@@ -126,9 +126,10 @@ def test_two_rule_workflow_runs_as_slurm_jobs_with_the_gpu(slurm, tmp_path):
 
 
 def every_rule_once(workdir: Path) -> list[str]:
-    """The smallest DAG with every kind of rule the demo has (59 jobs, against the small demo's 159): the small
-    demo of tests/test_workflow.py on the train and dev splits alone, one student (tct_inbatch) and the HN+
-    round's (the re-trained teacher), Table 3 with its one condition, Table 5 with rrf, coverage on dev. Its
+    """The smallest DAG with every kind of rule the workflow has (65 jobs, against the whole-DAG test's 255): the
+    small demo of tests/test_workflow.py on the train and dev splits alone, one student (tct_inbatch) and the HN+
+    round's (the re-trained teacher), the cross-encoder's and the query encoder's students (`neighbour_students`),
+    Table 3 with its one condition, Table 5 with rrf, coverage on dev. Its
     teacher is trained by 2 torchrun processes (gloo on the CPU: the node's GPUs are fake), locally and on SLURM
     alike so that both give the same weights."""
     overlay = small_demo_overlay(workdir)

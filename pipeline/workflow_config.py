@@ -180,6 +180,11 @@ def check_references(config: dict) -> None:
         if split not in splits:
             raise ConfigReferenceError(f"{key} is {split!r}, not one of dataset.splits {splits}: change {key}")
 
+    dense = set(config["student"]["variants"]) | set(config["dense"]["published"])
+    for model in config["dense"]["compare"]["models"]:
+        if model not in dense:
+            raise ConfigReferenceError(f"dense.compare.models names {model!r}, not a dense model of student.variants "
+                                       f"or dense.published: change it, or leave the list empty to compare every one")
     known = known_runs(config)
     for key, run, fix in _named_runs(config):
         if run not in known:

@@ -518,7 +518,8 @@ def index_comparisons():
     compare = config["dense"]["compare"]
     if not compare["kinds"]:
         return []
-    return [f"{OUT}/indexes/{model}.{compare['split']}.tsv" for model in DENSE_MODELS if model not in QUERY_ENCODERS]
+    models = compare["models"] or [model for model in DENSE_MODELS if model not in QUERY_ENCODERS]
+    return [f"{OUT}/indexes/{model}.{compare['split']}.tsv" for model in models]
 
 
 def alpha_setting(wildcards):

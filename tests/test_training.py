@@ -141,11 +141,11 @@ def student_command(root: Path, data: dict, name: str, steps: int, *extra: str) 
             "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", *extra]
 
 
-@pytest.mark.slow(seconds=40)
+@pytest.mark.slow(seconds=30)
 def test_killed_and_resumed_run_equals_uninterrupted(setup):
     root, data = setup
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    steps = 200  # the victim is killed at its first checkpoint (step 10), far from its last
+    steps = 100  # the victim is killed at its first checkpoint (step 10), far from its last
     subprocess.run([sys.executable, *student_command(root, data, "whole", steps, "--checkpoint-every", "10")],
                    check=True, env=env, capture_output=True, timeout=hang_guard(600))
     victim = subprocess.Popen([sys.executable, *student_command(root, data, "killed", steps,
@@ -221,7 +221,7 @@ def test_two_process_torchrun_matches_single_process_accumulation(tmp_path):
     assert len(losses(tmp_path / "own.csv")) == 3
 
 
-@pytest.mark.slow(seconds=55)
+@pytest.mark.slow(seconds=40)
 def test_killed_two_process_run_resumes_every_rank_where_it_stopped(setup, tmp_path):
     """With dropout each rank draws its own masks: a SIGKILLed torchrun run, resumed, ends with the weights
     and losses of an uninterrupted one only if every rank gets its own random state back."""
@@ -229,7 +229,7 @@ def test_killed_two_process_run_resumes_every_rank_where_it_stopped(setup, tmp_p
     (tmp_path / "teacher").symlink_to(root / "teacher")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    steps, every = "80", "10"
+    steps, every = "40", "10"  # killed at its first checkpoint (step 10): 30 steps before it could finish
     subprocess.run([*torchrun, *student_command(tmp_path, data, "whole", int(steps), "--checkpoint-every", every)],
                    check=True, env=env, capture_output=True, timeout=hang_guard(600), cwd=root)
     command = [*torchrun, *student_command(tmp_path, data, "killed", int(steps), "--checkpoint-every", every)]

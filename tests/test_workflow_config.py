@@ -179,6 +179,13 @@ def test_an_asymmetric_student_searches_a_model_that_encodes_passages():
         merged({"student": {"variants": {"asym": {**asym, "negatives": "hn"}}}})
 
 
+def test_index_comparison_names_dense_models():
+    config, _ = merged({"dense": {"compare": {"kinds": ["hnsw"], "models": ["tct_inbatch"]}}})
+    assert config["dense"]["compare"]["models"] == ["tct_inbatch"]
+    with pytest.raises(ConfigReferenceError, match=r"dense\.compare\.models names 'bm25', not a dense model"):
+        merged({"dense": {"compare": {"kinds": ["hnsw"], "models": ["bm25"]}}})
+
+
 def test_report_scatter_follows_table1_without_table2():
     config, _ = merged({"table2": None})
     assert config["report"]["scatter"] == ["bm25", "d2q"]

@@ -152,12 +152,17 @@ def first_stage_runs(config: dict) -> set[str]:
     return set(config["bm25"]["runs"]) | set(config["rerank"]["candidates"])
 
 
+def dense_models(config: dict) -> set[str]:
+    """The dense models: the student variants and the published checkpoints."""
+    return set(config["student"]["variants"]) | set(config["dense"]["published"])
+
+
 def known_runs(config: dict) -> set[str]:
     """Every run the workflow can produce: sparse runs, candidate lists, dense models, their hybrids with
     sparse runs (Eq. 7's `<dense>+<sparse>`, another fusion method's `<dense>+<sparse>@<method>`), ColBERT end
     to end (`colbert`), its re-ranking of each first-stage run, and each dense model re-ranking each."""
     sparse, first = set(config["bm25"]["runs"]), first_stage_runs(config)
-    dense = set(config["student"]["variants"]) | set(config["dense"]["published"])
+    dense = dense_models(config)
     hybrids = {f"{d}+{s}" for d in dense for s in sparse}
     methods = [method for method in config["fusion"]["methods"] if method != "eq7"]
     derived = {f"colbert-{s}" for s in first} | hybrids | {f"{h}@{m}" for h in hybrids for m in methods}
@@ -180,7 +185,7 @@ def check_references(config: dict) -> None:
         if split not in splits:
             raise ConfigReferenceError(f"{key} is {split!r}, not one of dataset.splits {splits}: change {key}")
 
-    dense = set(config["student"]["variants"]) | set(config["dense"]["published"])
+    dense = dense_models(config)
     for model in config["dense"]["compare"]["models"]:
         if model not in dense:
             raise ConfigReferenceError(f"dense.compare.models names {model!r}, not a dense model of student.variants "
@@ -199,7 +204,7 @@ def check_references(config: dict) -> None:
 def _check_query_encoders(config: dict) -> None:
     """An asymmetric student searches a dense model that encodes its own passages, and learns from it alone."""
     variants = config["student"]["variants"]
-    dense = set(variants) | set(config["dense"]["published"])
+    dense = dense_models(config)
     for variant, settings in variants.items():
         if "searches" not in settings:
             continue
@@ -254,7 +259,7 @@ def _check_rounds(config: dict) -> None:
     student itself (a cycle). A round no student names is never built and not checked: a config of published
     checkpoints alone keeps config.yaml's rounds."""
     rounds, variants = config["negatives"]["rounds"], config["student"]["variants"]
-    dense = set(variants) | set(config["dense"]["published"])
+    dense = dense_models(config)
     named = {settings["negatives"] for settings in variants.values() if "negatives" in settings}
     for name, settings in rounds.items():
         if name in named and settings["model"] not in dense:
@@ -319,7 +324,7 @@ def _named_runs(config: dict) -> list[tuple[str, str, str]]:
 
 def _why_unknown(config: dict, run: str) -> str:
     """A short reason: the sparse run or dense model the name is built from is not defined."""
-    defined = first_stage_runs(config) | set(config["student"]["variants"]) | set(config["dense"]["published"])
+    defined = first_stage_runs(config) | dense_models(config)
     missing = [part for part in run_parts(run) if part not in defined]
     if not missing:
         return ("no rule produces (runs are <sparse>, <candidates>, <dense>, <dense>+<sparse>, "

@@ -17,7 +17,6 @@ import logging
 from pathlib import Path
 
 from pipeline.cli import run_stage
-from pipeline.download import download
 from pipeline.formats import InputFormatError, iter_teacher_scores
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,9 @@ def fetch_teacher_scores(release: str, out: Path, base_url: str = ZENODO, progre
     """Download `release` to `out` (resumable, md5-verified), check every line; returns the number of triples."""
     if release not in RELEASES:
         raise ValueError(f"unknown teacher score release {release!r}; choose from {sorted(RELEASES)}")
+    # Imported here: the workflow reads RELEASES when it parses the Snakefile, without the HTTP stack.
+    from pipeline.download import download
+
     name, md5 = RELEASES[release]
     download(f"{base_url}{name}?download=1", Path(out), md5, progress=progress)
     count = sum(1 for _ in iter_teacher_scores(out))

@@ -144,7 +144,7 @@ def _remove_users(config: dict, removed: dict) -> list[str]:
 
 def run_parts(run: str) -> list[str]:
     """The sparse runs and dense models a run name is built from: `tct+bm25` and `tct+bm25@rrf` -> [tct, bm25]."""
-    return re.split(r"\+|-rerank-", run.removeprefix("colbert-").partition("@")[0])
+    return re.split(r"\+|-rerank-", re.sub(r"^(colbert|cross_encoder)-", "", run).partition("@")[0])
 
 
 def first_stage_runs(config: dict) -> set[str]:
@@ -160,13 +160,15 @@ def dense_models(config: dict) -> set[str]:
 def known_runs(config: dict) -> set[str]:
     """Every run the workflow can produce: sparse runs, candidate lists, dense models, their hybrids with
     sparse runs (Eq. 7's `<dense>+<sparse>`, another fusion method's `<dense>+<sparse>@<method>`), ColBERT end
-    to end (`colbert`), its re-ranking of each first-stage run, and each dense model re-ranking each."""
+    to end (`colbert`), its and the cross-encoder's re-ranking of each first-stage run, and each dense model
+    re-ranking each."""
     sparse, first = set(config["bm25"]["runs"]), first_stage_runs(config)
     dense = dense_models(config)
     hybrids = {f"{d}+{s}" for d in dense for s in sparse}
     methods = [method for method in config["fusion"]["methods"] if method != "eq7"]
-    derived = {f"colbert-{s}" for s in first} | hybrids | {f"{h}@{m}" for h in hybrids for m in methods}
-    derived |= {f"{d}-rerank-{s}" for d in dense for s in first}
+    derived = hybrids | {f"{h}@{m}" for h in hybrids for m in methods}
+    derived |= {f"{reranker}-{s}" for reranker in ("colbert", "cross_encoder", *(f"{d}-rerank" for d in dense))
+                for s in first}
     return first | dense | derived | {"colbert"}
 
 
@@ -220,7 +222,8 @@ def _check_query_encoders(config: dict) -> None:
 
 
 def _check_cross_encoder_students(config: dict) -> None:
-    """A student taught by the cross-encoder learns each query's own pair from it, and only from it."""
+    """A student taught by the cross-encoder learns each query's own pair from it, and only from it; embedding
+    matching from it needs the dual-pooling scorer, and only a cross-encoder's student names a scorer."""
     for variant, settings in config["student"]["variants"].items():
         if settings.get("teacher") != "cross_encoder":
             continue
@@ -232,6 +235,13 @@ def _check_cross_encoder_students(config: dict) -> None:
         if clashing:
             raise ConfigReferenceError(f"{key} sets {clashing[0]} beside teacher: cross_encoder; the cross-encoder "
                                        "scores every pair itself: remove one of them")
+        if settings.get("embed_weight", 0) > 0 and settings.get("scorer") != "dual_pooling":
+            raise ConfigReferenceError(f"{key}.embed_weight: embedding matching from the cross-encoder needs its "
+                                       "dual-pooling scorer: set scorer: dual_pooling, or remove embed_weight")
+    for variant, settings in config["student"]["variants"].items():
+        if "scorer" in settings and settings.get("teacher") != "cross_encoder":
+            raise ConfigReferenceError(f"student.variants.{variant}.scorer is the cross-encoder's: set "
+                                       "teacher: cross_encoder, or remove it")
 
 
 def _check_inits(config: dict) -> None:
@@ -328,8 +338,8 @@ def _why_unknown(config: dict, run: str) -> str:
     missing = [part for part in run_parts(run) if part not in defined]
     if not missing:
         return ("no rule produces (runs are <sparse>, <candidates>, <dense>, <dense>+<sparse>, "
-                "<dense>+<sparse>@<method of fusion.methods>, colbert-<first stage>, <dense>-rerank-<first stage>, "
-                "where a first stage is a sparse run or a candidate list)")
+                "<dense>+<sparse>@<method of fusion.methods>, colbert-<first stage>, cross_encoder-<first stage>, "
+                "<dense>-rerank-<first stage>, where a first stage is a sparse run or a candidate list)")
     where = "is not defined in bm25.runs, rerank.candidates, student.variants or dense.published"
     what = "" if missing == [run] else f"uses {', '.join(map(repr, missing))}, which "
     return f"{what}{where} (removed by a profile's null, or by doc2query.source none)"

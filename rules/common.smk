@@ -35,6 +35,8 @@ D2Q = config["doc2query"]
 DENSE_MODELS = sorted(VARIANTS) + sorted(PUBLISHED)
 # EmbedDistill's asymmetric students: query encoders scored with another dense model's passages (`searches`).
 QUERY_ENCODERS = {name: variant["searches"] for name, variant in VARIANTS.items() if "searches" in variant}
+# The cross-encoders' model names, by scorer: BERT_CAT's head on [CLS], EmbedDistill's dual pooling.
+CROSS_ENCODERS = {"cls": "cross_encoder", "dual_pooling": "cross_encoder-dual_pooling"}
 FUSIONS = [method for method in config["fusion"]["methods"] if method != "eq7"]  # Table 5's (pipeline.fusion_methods)
 TUNED_FUSIONS = [method for method in FUSIONS if TRECTOOLS_FUSIONS[method].parameter]
 COVERAGE = config["evaluation"]["coverage"]
@@ -50,7 +52,7 @@ TIMED_SPLITS = list(dict.fromkeys([config["evaluation"]["latency_split"],
 if "tune" in DATASET["splits"]:
     raise ValueError("'tune' is the alpha-tuning sample drawn from train; choose another split name")
 _clashes = ((set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & (set(SPARSE_RUNS) | set(CANDIDATES)))
-            | (set(SPARSE_RUNS) & set(CANDIDATES)) | ({"teacher", "colbert"} & {*DENSE_MODELS, *SPARSE_RUNS, *CANDIDATES}))
+            | (set(SPARSE_RUNS) & set(CANDIDATES)) | ({"teacher", "colbert", *CROSS_ENCODERS.values()} & {*DENSE_MODELS, *SPARSE_RUNS, *CANDIDATES}))
 if _clashes:
     raise ValueError("run names must be unique across bm25.runs, rerank.candidates, student.variants and "
                      f"dense.published: {_clashes}")
@@ -264,16 +266,27 @@ def student_loop(wildcards):
     return loop_arguments("student", {key: settings[key] for key in ROUND_LOOP if key in settings})
 
 
-def cross_encoder_loop():
-    """The cross-encoder's lengths and training loop as command-line arguments."""
+def cross_encoder_lengths():
+    """The cross-encoder's query and pair lengths as command-line arguments."""
     cross = config["cross_encoder"]
-    args = ["--max-query-length", cross["query_length"], "--pair-length", cross["pair_length"]]
-    return [str(a) for a in args] + flag_arguments(cross["train"])
+    return ["--max-query-length", str(cross["query_length"]), "--pair-length", str(cross["pair_length"])]
 
 
-def cross_encoder_model():
-    """The cross-encoder students learn from: the published one named, else the one train_cross_encoder trains."""
-    return config["cross_encoder"]["published"] or f"{RES}/models/cross_encoder"
+def cross_encoder_loop(wildcards):
+    """A cross-encoder's scorer, lengths and training loop as command-line arguments."""
+    scorer = {name: scorer for scorer, name in CROSS_ENCODERS.items()}[wildcards.cross_encoder]
+    return ["--scorer", scorer] + cross_encoder_lengths() + flag_arguments(config["cross_encoder"]["train"])
+
+
+def cross_encoder_model(scorer="cls"):
+    """The cross-encoder of a scorer: the published one named (BERT_CAT's cls only), else train_cross_encoder's."""
+    published = config["cross_encoder"]["published"] if scorer == "cls" else None
+    return published or f"{RES}/models/{CROSS_ENCODERS[scorer]}"
+
+
+def cross_encoder_input(wildcards):
+    """Input function: the trained cross-encoder, unless a published one is named (read by the stage itself)."""
+    return {} if config["cross_encoder"]["published"] else {"cross_encoder": cross_encoder_model()}
 
 
 def launcher(stage):
@@ -348,10 +361,12 @@ def student_inputs(wildcards):
     inputs = {"triples": triples, "queries": f"{RES}/queries.train.tsv", "collection": f"{RES}/collection.tsv"}
     by_cross_encoder = variant.get("teacher") == "cross_encoder"
     online = variant["condition"] != "none" and "teacher_scores" not in variant and not by_cross_encoder
-    if online or variant.get("embed_weight", 0) > 0 or student_init(wildcards) == "teacher":
+    matching = variant.get("embed_weight", 0) > 0 and not by_cross_encoder  # else from the cross-encoder
+    if online or matching or student_init(wildcards) == "teacher":
         inputs["teacher"] = student_teacher(wildcards)
-    if by_cross_encoder and not config["cross_encoder"]["published"]:
-        inputs["cross_encoder"] = cross_encoder_model()
+    cross_encoder = cross_encoder_model(variant.get("scorer", "cls"))
+    if by_cross_encoder and cross_encoder.startswith(f"{RES}/"):  # a published one is no file input
+        inputs["cross_encoder"] = cross_encoder
     if student_init(wildcards) not in ("teacher", "backbone"):
         inputs["init"] = f"{RES}/models/{student_init(wildcards)}"  # another variant: trained first
     if "teacher_scores" in variant:
@@ -411,7 +426,7 @@ def student_options(wildcards):
     if "teacher_scores" in variant:
         args += ["--teacher-scores", teacher_score_file(variant), "--unscored", variant.get("unscored", "error")]
     if variant.get("teacher") == "cross_encoder":
-        args += ["--cross-encoder", cross_encoder_model()]
+        args += ["--cross-encoder", cross_encoder_model(variant.get("scorer", "cls"))]
     if variant.get("generated_ratio", 0) > 0:
         args += ["--generated", *doc2query_predictions(), "--generated-ratio", variant["generated_ratio"]]
     return [str(a) for a in args]

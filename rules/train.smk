@@ -1,5 +1,4 @@
 # train_teacher: ColBERT v1 on the training triples.
-# train_cross_encoder: BERT_CAT, Margin-MSE's teacher, for the students that name it (config cross_encoder).
 # teacher_scores_download: the Margin-MSE authors' released teacher scores, for students naming a release.
 # train_student: tightly-coupled distillation into the PoolAvg bi-encoder, one model per variant
 # train_query_encoder: EmbedDistill's asymmetric students (variants with `searches`), one per variant
@@ -44,36 +43,6 @@ rule train_teacher:
         " --queries {input.queries:q} --collection {input.collection:q} --out {output.model:q}"
         " --checkpoints {params.checkpoints:q} --losses {output.losses:q} {params.loop:q} {params.options:q}"
         " > {log:q} 2>&1"
-
-
-rule train_cross_encoder:
-    input:
-        triples=f"{RES}/triples.train.tsv",
-        queries=f"{RES}/queries.train.tsv",
-        collection=f"{RES}/collection.tsv",
-    output:
-        model=directory(f"{RES}/models/cross_encoder"),
-        losses=f"{OUT}/training/cross_encoder.losses.csv",
-    log:
-        f"{LOGS}/train_cross_encoder.log",
-    benchmark:
-        f"{BENCH}/train_cross_encoder.tsv"
-    params:
-        launcher=launcher("cross_encoder"),
-        backbone=config["model"]["backbone"],
-        checkpoints=f"{RES}/checkpoints/cross_encoder",
-        loop=cross_encoder_loop(),
-    threads: 4
-    resources:
-        gpu=config["cross_encoder"]["gpus"],
-        mem_mb=rule_resource("train_cross_encoder", "mem_mb", 32000),
-        runtime=rule_resource("train_cross_encoder", "runtime", 2880),
-    conda:
-        "../envs/pipeline.yaml"
-    shell:
-        "{params.launcher} -m pipeline.train.cross_encoder --backbone {params.backbone:q} --triples {input.triples:q}"
-        " --queries {input.queries:q} --collection {input.collection:q} --out {output.model:q}"
-        " --checkpoints {params.checkpoints:q} --losses {output.losses:q} {params.loop:q} > {log:q} 2>&1"
 
 
 rule teacher_scores_download:

@@ -16,6 +16,7 @@ from pipeline.train.cross_encoder import main, ranknet_loss
 from pipeline.train.loop import LoopConfig
 from pipeline.train.resume import load_checkpoint
 from pipeline.train.student import train_student
+from pipeline.train.targets import PairTargets
 from tests.conftest import make_tiny_bert, make_triples_dataset
 
 
@@ -114,3 +115,57 @@ def test_margin_mse_from_a_score_file_equals_the_online_cross_encoder(tmp_path, 
         train_student(None, data["triples"], data["queries"], data["collection"], tmp_path / "both",
                       tmp_path / "ck_both", tmp_path / "both.csv", cfg, "margin_mse", init="backbone",
                       backbone=str(tiny), teacher_scores=tmp_path / "scores.tsv", cross_encoder=tmp_path / "ce")
+
+
+def test_dual_pooling_scores_the_inner_product_of_the_segments_means(tmp_path, tiny):
+    """EmbedDistill's scorer: mean of the last hidden states over [CLS] query [SEP] and over passage [SEP] (padding
+    left out), their inner product the score; saved and loaded without a head."""
+    torch.manual_seed(0)
+    model = CrossEncoder.from_backbone(str(tiny), PairLengths(4, 16), scorer="dual_pooling").eval()
+    assert model.head is None and model.scorer == "dual_pooling"
+    queries, passages = ["apple river", "comet"], ["violin glacier falcon", "harbor"]
+    with torch.no_grad():
+        for query, passage, score in zip(queries, passages, model.score(queries, passages), strict=True):
+            tokens = model.tokenize([query], [passage])  # alone: no padding
+            hidden = model.bert(**tokens).last_hidden_state[0]
+            segment = tokens["token_type_ids"][0]
+            by_hand = hidden[segment == 0].mean(0) @ hidden[segment == 1].mean(0)
+            assert torch.allclose(score, by_hand, atol=1e-5)
+        query_vectors, passage_vectors = model.embed(queries, passages)
+        assert torch.allclose((query_vectors * passage_vectors).sum(-1), model.score(queries, passages), atol=1e-5)
+    model.save(tmp_path / "dual")
+    loaded = CrossEncoder.load(tmp_path / "dual").eval()
+    assert loaded.scorer == "dual_pooling" and not (tmp_path / "dual" / "cross_encoder_head.safetensors").exists()
+    with torch.no_grad():
+        assert torch.allclose(loaded.score(queries, passages), model.score(queries, passages), atol=1e-6)
+    with pytest.raises(ValueError, match="dual-pooling"):
+        CrossEncoder.from_backbone(str(tiny)).embed(queries, passages)
+
+
+def test_embedding_matching_from_the_dual_pooling_cross_encoder(tmp_path, tiny):
+    """The student learns Margin-MSE from the dual-pooling scores plus the squared distance of its mapped vectors to
+    the pooled ones (the query's: the mean over its two pairs); a [CLS] cross-encoder has none to match."""
+    data = make_triples_dataset(tmp_path / "data")
+    torch.manual_seed(0)
+    CrossEncoder.from_backbone(str(tiny), scorer="dual_pooling").save(tmp_path / "dual")
+    dual = CrossEncoder.load(tmp_path / "dual").eval()
+    queries, positives, negatives = ["apple river", "comet"], ["violin glacier", "harbor"], ["tulip", "marble saddle"]
+    with torch.no_grad():
+        targets = PairTargets.of(dual, queries, positives, negatives)
+        query_pos, passage_pos = dual.embed(queries, positives)
+        query_neg, passage_neg = dual.embed(queries, negatives)
+    assert torch.allclose(targets.pairs[:, 0], (query_pos * passage_pos).sum(-1), atol=1e-5)
+    assert torch.allclose(targets.pairs[:, 1], (query_neg * passage_neg).sum(-1), atol=1e-5)
+    mapped_queries, mapped_passages = torch.randn(2, 32), torch.randn(4, 32)
+    by_hand = (((mapped_queries - (query_pos + query_neg) / 2) ** 2).sum(-1).mean()
+               + ((mapped_passages - torch.cat([passage_pos, passage_neg])) ** 2).sum(-1).mean()) / 2
+    assert torch.allclose(targets.matching_loss(mapped_queries, mapped_passages), by_hand, atol=1e-4)
+    cfg = LoopConfig(steps=2, batch_size=4, lr=1e-3, warmup_steps=0, checkpoint_every=100)
+    common = dict(init="backbone", backbone=str(tiny), embed_weight=1.0)
+    train_student(None, data["triples"], data["queries"], data["collection"], tmp_path / "student", tmp_path / "ck",
+                  tmp_path / "student.csv", cfg, "margin_mse", gamma=0.0, cross_encoder=tmp_path / "dual", **common)
+    assert [row["step"] for row in csv.DictReader((tmp_path / "student.csv").open())] == ["1", "2"]
+    CrossEncoder.from_backbone(str(tiny)).save(tmp_path / "cls")
+    with pytest.raises(ValueError, match="dual-pooling scorer"):
+        train_student(None, data["triples"], data["queries"], data["collection"], tmp_path / "s2", tmp_path / "ck2",
+                      tmp_path / "s2.csv", cfg, "margin_mse", cross_encoder=tmp_path / "cls", **common)

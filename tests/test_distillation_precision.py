@@ -7,7 +7,7 @@ divided by tau = 0.25, would put the gradient percents off.
 import torch
 import torch.nn.functional as F
 
-from pipeline.train.student import TeacherTokens, eq6_loss
+from pipeline.train.targets import TeacherTokens, eq6_loss
 
 BATCH, WIDTH, QUERY_TOKENS, DOC_TOKENS, DIM = 8, 64, 36, 24, 16
 GAMMA, TAU = 0.1, 0.25

@@ -24,7 +24,8 @@ from pipeline.train import student as student_module
 from pipeline.train.batches import TripleBatches
 from pipeline.train.loop import LoopConfig
 from pipeline.train.resume import load_checkpoint
-from pipeline.train.student import EMBED_TARGET, TeacherTokens, read_generated, train_student
+from pipeline.train.student import EMBED_TARGET, read_generated, train_student
+from pipeline.train.targets import TeacherTokens
 from pipeline.train.teacher import train_teacher
 from tests.conftest import ROOT, hang_guard, make_tiny_bert, make_triples_dataset, train_small_teacher
 

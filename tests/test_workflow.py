@@ -120,7 +120,8 @@ def test_paper_recipe_schedules_inits_and_shared_mining(workdir):
 
 def test_margin_mse_in_its_own_setting_learns_from_the_cross_encoder(workdir):
     """A student with `teacher: cross_encoder` waits for train_cross_encoder and reads its scores alone (no ColBERT
-    teacher); with a published cross-encoder nothing is trained for it."""
+    teacher), from the dual-pooling one with its embeddings too; the cross-encoder re-ranks BM25 for Table 4's
+    reference row; with a published cross-encoder nothing is trained for it."""
     variant = {"condition": "margin_mse", "gamma": 0.0, "teacher": "cross_encoder", "init": "backbone"}
     settings = {"student": {"variants": {"margin_ce": variant}}}
     result = snakemake(workdir, "-n", "-p", "--configfile", "config.yaml", overlay(workdir, settings))
@@ -131,6 +132,23 @@ def test_margin_mse_in_its_own_setting_learns_from_the_cross_encoder(workdir):
     model = "resources/msmarco-passage/models/cross_encoder"
     assert f"--cross-encoder {model}" in student and model in student.split("output:")[0]
     assert "--teacher " not in student and "--init backbone" in student
+    # EmbedDistill's dual-pooling scorer: a second cross-encoder, and its student matches embeddings to it; the
+    # first cross-encoder re-ranks BM25 for Table 4's reference row.
+    settings["student"]["variants"]["dual_ce"] = {**variant, "scorer": "dual_pooling", "embed_weight": 1.0}
+    settings["table4"] = {"strategies": {"cross-encoder": "cross_encoder-bm25"}}
+    dual = snakemake(workdir, "-n", "-p", "--configfile", "config.yaml", overlay(workdir, settings))
+    assert dual.returncode == 0, dual.stderr
+    trained = {re.search(r"cross_encoder=([\w-]+)", block).group(1): block
+               for block in jobs_of(dual, "train_cross_encoder")}
+    assert "--scorer cls" in trained["cross_encoder"]
+    assert "--scorer dual_pooling" in trained["cross_encoder-dual_pooling"]
+    [student] = [block for block in jobs_of(dual, "train_student") if "variant=dual_ce" in block]
+    assert f"--cross-encoder {model}-dual_pooling" in student and "--embed-weight 1.0" in student
+    assert "--teacher " not in student
+    reranks = jobs_of(dual, "cross_encoder_rerank")
+    assert {re.search(r"split=(\w+)", block).group(1) for block in reranks} == {"dev", "dl19"}
+    assert all(f"--model {model} " in block and "--depth 1000" in block for block in reranks)
+    del settings["student"]["variants"]["dual_ce"], settings["table4"]
     settings["cross_encoder"] = {"published": "cross-encoder/ms-marco-MiniLM-L-6-v2"}
     # The authors' score file instead, leaving out the triples it lacks.
     (workdir / "scores.tsv").write_text("1.0\t0.5\tq\tp\tn\n")
@@ -288,8 +306,9 @@ def test_small_demo_dag_end_to_end(workdir):
     table4 = (workdir / "results" / "table4_distillation.tsv").read_text()
     strategies = [line.split("\t") for line in table4.splitlines()]
     assert [row[1] for row in strategies[1:]] == ["poolavg", "tct_inbatch", "tct_margin", "tct_embed", "tct_generated",
-                                                  "margin_ce", "asym"]
-    assert all(0.0 <= float(row[2].rstrip("*")) <= 1.0 and float(row[6]) > 0 for row in strategies[1:])
+                                                  "margin_ce", "asym", "dual_ce", "cross_encoder-bm25"]
+    assert all(0.0 <= float(row[2].rstrip("*")) <= 1.0 for row in strategies[1:])
+    assert all(float(row[6]) > 0 for row in strategies[1:-1]) and strategies[-1][6] == ""  # re-ranking: no training
     expansion = json.loads((workdir / "results" / "synthetic" / "doc2query" / "expansion.json").read_text())
     assert expansion["expanded"] == expansion["passages"] == 400 and expansion["n_queries"] == 2
     triples = read_triples(workdir / "resources" / "synthetic" / "triples.train.tsv")

@@ -164,6 +164,13 @@ def test_a_student_of_the_cross_encoder_learns_its_pairs_from_it_alone():
         merged({"student": {"variants": {"margin_ce": {**variant, "condition": "inbatch"}}}})
     with pytest.raises(ConfigReferenceError, match=r"margin_ce sets teacher_scores beside teacher: cross_encoder"):
         merged({"student": {"variants": {"margin_ce": {**variant, "teacher_scores": "scores.tsv"}}}})
+    dual = {**variant, "scorer": "dual_pooling", "embed_weight": 1.0}
+    assert merged({"student": {"variants": {"dual_ce": dual}}})[0]["student"]["variants"]["dual_ce"] == dual
+    with pytest.raises(ConfigReferenceError, match=r"dual_ce\.embed_weight: embedding matching from the "
+                                                   r"cross-encoder needs its dual-pooling scorer"):
+        merged({"student": {"variants": {"dual_ce": {**dual, "scorer": "cls"}}}})
+    with pytest.raises(ConfigReferenceError, match=r"tct_x\.scorer is the cross-encoder's: set teacher"):
+        merged({"student": {"variants": {"tct_x": {"condition": "inbatch", "scorer": "dual_pooling"}}}})
 
 
 def test_an_asymmetric_student_searches_a_model_that_encodes_passages():

@@ -7,6 +7,7 @@
 
 The loss is RankNet's over each triple, softplus(s- - s+) (the cross-entropy of the positive against its own
 negative), as Margin-MSE trained its teachers. A mean over triples: plain gradient accumulation is exact.
+`--scorer dual_pooling` trains EmbedDistill's dual-pooling scorer with the same loss (pipeline.models.cross_encoder).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.cli import run_stage
-from pipeline.models.cross_encoder import CrossEncoder, PairLengths
+from pipeline.models.cross_encoder import SCORERS, CrossEncoder, PairLengths
 from pipeline.train.batches import Batch, TripleBatches
 from pipeline.train.context import Context, seed_everything, setup_context
 from pipeline.train.loop import LoopConfig, add_loop_arguments, finish, fit, loop_config
@@ -36,12 +37,12 @@ def ranknet_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor
 
 
 def train_cross_encoder(backbone: str, triples: Path, queries: Path, collection: Path, out: Path, checkpoints: Path,
-                        losses: Path, cfg: LoopConfig, lengths: PairLengths = PairLengths(),
+                        losses: Path, cfg: LoopConfig, lengths: PairLengths = PairLengths(), scorer: str = "cls",
                         ctx: Context | None = None) -> None:
     """Train a cross-encoder from `backbone` (a fresh head, seeded by `cfg.seed`) and save it to `out`."""
     ctx = ctx or setup_context()
     seed_everything(cfg.seed)  # the head is initialised from this seed
-    model = CrossEncoder.from_backbone(backbone, lengths)
+    model = CrossEncoder.from_backbone(backbone, lengths, scorer)
     batches = TripleBatches(triples, queries, collection, cfg.batch_size, cfg.seed)
 
     def loss_fn(module: nn.Module, micro: Batch) -> torch.Tensor:
@@ -51,7 +52,9 @@ def train_cross_encoder(backbone: str, triples: Path, queries: Path, collection:
         positive, negative = scores.split(len(micro.queries))
         return ranknet_loss(positive, negative)
 
-    made_from = fingerprint("cross_encoder", {"loop": cfg, "lengths": lengths, "world": ctx.world},
+    settings = {"loop": cfg, "lengths": lengths, "world": ctx.world,
+                **({"scorer": scorer} if scorer != "cls" else {})}  # absent for cls: older checkpoints resume
+    made_from = fingerprint("cross_encoder", settings,
                             {"backbone": backbone, "triples": triples, "queries": queries, "collection": collection},
                             ctx)
     fit(model, loss_fn, batches, cfg, checkpoints, made_from, ctx, desc="cross-encoder")
@@ -68,10 +71,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="word pieces of the query, cut before pairing")
     parser.add_argument("--pair-length", type=int, default=PairLengths.pair_length,
                         help="word pieces of [CLS] query [SEP] passage [SEP]")
+    parser.add_argument("--scorer", choices=SCORERS, default="cls",
+                        help="cls: a linear head on [CLS] (BERT_CAT); dual_pooling: EmbedDistill's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    lengths = PairLengths(args.max_query_length, args.pair_length)
     train_cross_encoder(args.backbone, args.triples, args.queries, args.collection, args.out, args.checkpoints,
-                        args.losses, loop_config(args), PairLengths(args.max_query_length, args.pair_length))
+                        args.losses, loop_config(args), lengths, args.scorer)
 
 
 if __name__ == "__main__":

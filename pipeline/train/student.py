@@ -21,28 +21,26 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
-import torch.nn.functional as F
 from torch import nn
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from pipeline.cli import run_stage
 from pipeline.formats import iter_lines, read_predictions
-from pipeline.models.backbone import Conventions, masked_mean, tokenize_passages, tokenize_queries
+from pipeline.models.backbone import Conventions, tokenize_passages, tokenize_queries
 from pipeline.models.biencoder import BiEncoder
-from pipeline.models.colbert import ColBERT, maxsim, pad_tokens
+from pipeline.models.colbert import ColBERT
 from pipeline.models.cross_encoder import CrossEncoder
 from pipeline.train.batches import UNSCORED, Batch, TripleBatches, join_passages
 from pipeline.train.context import Context, seed_everything, setup_context
 from pipeline.train.gradcache import BatchObjective, Encodings
 from pipeline.train.loop import LoopConfig, add_loop_arguments, finish, fit, loop_config
-from pipeline.train.losses import CONDITIONS, dot_scores, embedding_matching, student_loss
+from pipeline.train.losses import CONDITIONS
 from pipeline.train.resume import fingerprint
+from pipeline.train.targets import PairTargets, TeacherTokens, embedding_matching_loss, eq6_loss, gather_passages
 
 log = logging.getLogger(__name__)
 # What embedding matching pulls the student toward, recorded in the checkpoints' fingerprint: earlier
@@ -69,84 +67,6 @@ class _QueryPassageEncoder(nn.Module):
         return vectors if self.matcher is None else (*vectors, *map(self.matcher, vectors))
 
 
-def _gather_passages(local: torch.Tensor, ctx: Context, differentiable: bool) -> torch.Tensor:
-    """All ranks' passages as [all positives, all negatives] (each rank holds [its pos, its neg])."""
-    return join_passages(dist_fn.all_gather(local) if differentiable else _all_gather_no_grad(local, ctx))
-
-
-def _all_gather_no_grad(local: torch.Tensor, ctx: Context) -> list[torch.Tensor]:
-    parts = [torch.empty_like(local) for _ in range(ctx.world)]
-    dist.all_gather(parts, local.contiguous())
-    return parts
-
-
-@dataclass(frozen=True)
-class TeacherTokens:
-    """The frozen teacher's token vectors of a batch as MaxSim reads them (projected; normalised, queries
-    unless the teacher leaves them raw), with the masks of the tokens that take part: every query
-    position, and the documents' tokens without padding and punctuation."""
-
-    queries: torch.Tensor
-    query_mask: torch.Tensor
-    docs: torch.Tensor
-    doc_mask: torch.Tensor
-
-    @classmethod
-    def of(cls, teacher: ColBERT, query_tokens: BatchEncoding, passage_tokens: BatchEncoding) -> TeacherTokens:
-        queries = teacher.query_embeddings(query_tokens["input_ids"], query_tokens["attention_mask"])
-        docs, doc_mask = teacher.doc_embeddings(passage_tokens["input_ids"], passage_tokens["attention_mask"])
-        return cls(queries, query_tokens["attention_mask"].bool(), docs, doc_mask)
-
-    @classmethod
-    def join(cls, parts: Sequence[TeacherTokens]) -> TeacherTokens:
-        """Micro-batches' token vectors as one batch's: padded to one length, passages in batch order."""
-        return cls(torch.cat(pad_tokens([part.queries for part in parts])),
-                   torch.cat(pad_tokens([part.query_mask for part in parts])),
-                   join_passages(pad_tokens([part.docs for part in parts])),
-                   join_passages(pad_tokens([part.doc_mask for part in parts])))
-
-    def gathered(self, ctx: Context) -> TeacherTokens:
-        """With every rank's passages (the frozen teacher needs no gradient through the gather)."""
-        return replace(self, docs=_gather_passages(self.docs, ctx, differentiable=False),
-                       doc_mask=_gather_passages(self.doc_mask, ctx, differentiable=False))
-
-    def scores(self) -> torch.Tensor:
-        return maxsim(self.queries, self.query_mask, self.docs, self.doc_mask)
-
-    def matching_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embedding matching's targets in the teacher's scoring space: the mean of exactly the token
-        vectors MaxSim reads, at unit length (see `embedding_matching_loss`), for queries and passages."""
-        return (F.normalize(masked_mean(self.queries.float(), self.query_mask, 0), dim=-1),
-                F.normalize(masked_mean(self.docs.float(), self.doc_mask, 0), dim=-1))
-
-
-def eq6_loss(query_vectors: torch.Tensor, passage_vectors: torch.Tensor,
-             teacher: TeacherTokens | torch.Tensor | None, condition: str = "inbatch", gamma: float = 0.1,
-             teacher_tau: float = 0.25, student_tau: float = 1.0, offset: int = 0,
-             labelled: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 6 (`student_loss`) from the student's vectors and the teacher's token vectors (scored by MaxSim)
-    or score pairs from a file; both score matrices in float32 whatever the encoders' autocast."""
-    teacher_scores = teacher.scores() if isinstance(teacher, TeacherTokens) else teacher
-    return student_loss(dot_scores(query_vectors, passage_vectors), teacher_scores, condition, gamma, teacher_tau,
-                        student_tau, offset, labelled)
-
-
-def embedding_matching_loss(mapped_queries: torch.Tensor, mapped_passages: torch.Tensor,
-                            teacher: TeacherTokens) -> torch.Tensor:
-    """EmbedDistill's embedding matching (Kim et al. 2023): squared distance between the student's vectors,
-    mapped by the learned linear map into the teacher's space, and the teacher's, queries and passages
-    weighed equally.
-
-    Both sides at unit length (a distance of 2 - 2 cos): MaxSim compares unit token vectors by direction
-    only, while the length of their mean just says how much the tokens disagree, which no teacher score
-    uses; on the sphere the term also keeps a fixed scale (0 to 4) beside the KL whatever the student's
-    width or the map's scale, and the map cannot lower it by shrinking its outputs toward the short targets.
-    """
-    query_target, passage_target = teacher.matching_targets()
-    return (embedding_matching(F.normalize(mapped_queries.float(), dim=-1), query_target)
-            + embedding_matching(F.normalize(mapped_passages.float(), dim=-1), passage_target)) / 2
-
-
 @dataclass(frozen=True)
 class _Inputs:
     """One micro-batch as both models read it: the teacher's outputs are computed once, without gradients."""
@@ -156,6 +76,7 @@ class _Inputs:
     teacher: TeacherTokens | None
     teacher_pairs: torch.Tensor | None  # (B, 2) scores from a score file or the cross-encoder
     labelled: torch.Tensor | None
+    pair_targets: PairTargets | None  # the dual-pooling cross-encoder's, for embedding matching
 
 
 def _cat(parts: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
@@ -187,11 +108,15 @@ class _Distillation:
                                            padding).to(device)
         teacher = None if self.teacher is None else TeacherTokens.of(self.teacher, query_tokens, passage_tokens)
         pairs = None if micro.teacher_pairs is None else torch.tensor(micro.teacher_pairs, device=device)
-        if self.cross_encoder is not None:
+        targets = None
+        if self.cross_encoder is not None and self.embed_weight:
+            targets = PairTargets.of(self.cross_encoder, micro.queries, micro.positives, micro.negatives)
+            pairs = targets.pairs
+        elif self.cross_encoder is not None:
             scores = self.cross_encoder.score(micro.queries * 2, micro.positives + micro.negatives)
             pairs = torch.stack(scores.float().split(len(micro.queries)), dim=1)
         labelled = None if micro.labelled is None else torch.tensor(micro.labelled, device=device)
-        return _Inputs(query_tokens, passage_tokens, teacher, pairs, labelled)
+        return _Inputs(query_tokens, passage_tokens, teacher, pairs, labelled, targets)
 
     @staticmethod
     def encode(module: nn.Module, inputs: _Inputs) -> Encodings:
@@ -203,7 +128,7 @@ class _Distillation:
         offset = 0
         if self.gathering:
             offset = self.ctx.rank * len(queries)
-            passages = _gather_passages(passages, self.ctx, differentiable=True)
+            passages = gather_passages(passages, self.ctx, differentiable=True)
         tokens = None if self.teacher is None else TeacherTokens.join([part.teacher for part in inputs])
         scored_by = _cat([part.teacher_pairs for part in inputs])
         if scored_by is None and self.condition != "none":
@@ -214,6 +139,9 @@ class _Distillation:
             return loss
         mapped_queries = torch.cat([encoded[2] for encoded in encodings])
         mapped_passages = join_passages([encoded[3] for encoded in encodings])
+        if tokens is None:  # from the dual-pooling cross-encoder
+            matching = PairTargets.join([part.pair_targets for part in inputs])
+            return loss + self.embed_weight * matching.matching_loss(mapped_queries, mapped_passages)
         return loss + self.embed_weight * embedding_matching_loss(mapped_queries, mapped_passages, tokens)
 
 
@@ -238,7 +166,7 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
     replaces the online teacher's scores by a Margin-MSE score file, and `cross_encoder` by a cross-encoder's
     online scores (each query's own pair, so `triplet` or `margin_mse` only); `embed_weight` > 0 adds
     EmbedDistill's embedding matching of queries and passages against the mean of the teacher's MaxSim token
-    vectors (`embedding_matching_loss`).
+    vectors (`embedding_matching_loss`), or with `cross_encoder` against its dual-pooling vectors (`PairTargets`).
     `generated` (pid -> queries generated from it) mixed in at `generated_ratio`: those rows are labelled
     by the online teacher alone, which only tight coupling makes possible (no qrels, no precomputed
     scores); `generated_files`, the prediction files `generated` was read from, identify it in the checkpoints.
@@ -255,8 +183,13 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
         raise ValueError("generated queries are labelled by the online ColBERT teacher: use a distilling condition "
                          "without --teacher-scores or --cross-encoder")
     ctx = ctx or setup_context()
+    scorer = None if cross_encoder is None else (
+        CrossEncoder.load(cross_encoder).to(ctx.device).train(teacher_dropout).requires_grad_(False))
+    if embed_weight > 0 and scorer is not None and scorer.scorer != "dual_pooling":
+        raise ValueError(f"embedding matching from cross-encoder {cross_encoder} needs its dual-pooling scorer "
+                         "(train it with --scorer dual_pooling)")
     teacher = None
-    if (condition != "none" and pair_source is None) or embed_weight > 0:
+    if (condition != "none" and pair_source is None) or (embed_weight > 0 and cross_encoder is None):
         if teacher_dir is None:
             raise ValueError(f"condition {condition!r} distils a teacher: give --teacher")
         teacher = ColBERT.load(teacher_dir).to(ctx.device).train(teacher_dropout).requires_grad_(False)
@@ -271,12 +204,11 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
     matcher = None
     if embed_weight > 0:
         seed_everything(cfg.seed)  # the map is initialised from this seed
-        matcher = nn.Linear(student.bert.config.hidden_size, teacher.linear.out_features, bias=False)
+        width = teacher.linear.out_features if scorer is None else scorer.bert.config.hidden_size
+        matcher = nn.Linear(student.bert.config.hidden_size, width, bias=False)
     batches = TripleBatches(triples, queries, collection, cfg.batch_size, cfg.seed, teacher_scores, generated,
                             generated_ratio, unscored)
     gathering = gather and ctx.world > 1
-    scorer = None if cross_encoder is None else (
-        CrossEncoder.load(cross_encoder).to(ctx.device).train(teacher_dropout).requires_grad_(False))
     distillation = _Distillation(student.tokenizer, teacher, scorer, conv, ctx, condition, gamma, teacher_tau,
                                  student_tau, embed_weight, gathering)
     made_from = fingerprint(
@@ -285,7 +217,8 @@ def train_student(teacher_dir: Path | None, triples: Path, queries: Path, collec
          **({"teacher_dropout": True} if teacher_dropout else {}),
          "student_tau": student_tau, "gather": gathering, "conv": conv, "world": ctx.world,
          "embed_weight": embed_weight, "generated_ratio": generated_ratio,
-         **({"embed_target": EMBED_TARGET} if embed_weight > 0 else {})},
+         **({"embed_target": EMBED_TARGET if scorer is None else "cross-encoder dual pooling"}
+            if embed_weight > 0 else {})},
         {"teacher": teacher_dir if teacher is not None or init == "teacher" else None,
          "backbone": backbone if init == "backbone" else None,
          **({"init_from": init_from} if init == "student" else {}),  # absent otherwise: older checkpoints resume

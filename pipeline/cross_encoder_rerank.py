@@ -30,7 +30,7 @@ from pipeline.dense.runtime import device_name
 from pipeline.durable import atomic_output
 from pipeline.formats import read_collection, read_queries, read_run, run_line, write_run
 from pipeline.models.cross_encoder import CrossEncoder, PairLengths
-from pipeline.timing import time_each
+from pipeline.timing import rerank_latency, time_each
 from pipeline.train.resume import source_digest
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,8 @@ def cross_encoder_rerank(model: str, queries_path: Path, collection: Path, candi
         timing = time_each(list(queries)[:latency_queries], rerank)
     write_run(run_path, {qid: ranked[qid] for qid in queries}, tag)
     partial.unlink()
-    first_latency_path = Path(candidates).with_suffix(".latency.json")
-    first = json.loads(first_latency_path.read_text()).get("latency_ms_median") if first_latency_path.exists() else None
     record = {"queries": len(queries), "depth": depth, "pairs": sum(map(len, tops.values())),
-              "device": device_name(device), "threads": torch.get_num_threads(),
-              "latency_queries": timing["latency_queries"], "rerank_ms_median": timing["latency_ms_median"],
-              "rerank_ms_p95": timing["latency_ms_p95"], "first_stage_ms_median": first,
-              "latency_ms_median": (round(first + timing["latency_ms_median"], 3)
-                                    if first is not None and timing["latency_ms_median"] is not None else None),
+              "device": device_name(device), "threads": torch.get_num_threads(), **rerank_latency(candidates, timing),
               **amp_precision.describe(resolved)}
     with atomic_output(Path(run_path).with_suffix(".latency.json")) as out:
         json.dump(record, out, indent=2)

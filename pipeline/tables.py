@@ -204,13 +204,15 @@ def _training_cost(results: Path, run: str) -> tuple[float | None, str]:
     return median, precisions
 
 
-def build_table4(spec: dict, columns: list[dict], results: Path,
+def build_table4(spec: dict, columns: list[dict], latency_split: str, results: Path,
                  level: float = 0.05) -> tuple[list[str], list[list[str]]]:
-    """Distillation strategies: Table 1's columns, seconds per training step, and a paired t-test of
-    each strategy against `baseline` on the first column (`*` marks p < level in every column)."""
+    """Distillation strategies: Table 1's columns, seconds per training step, latency per query (end to end, and
+    the query encoder's alone for dense models), a paired t-test of each strategy against `baseline` on the first
+    column (`*` marks p < level in every column), and the figures its paper published (`published`)."""
     names = [f"{c['split']}/{c['measure']}" for c in columns]
-    baseline = spec["baseline"]
-    header = ["strategy", "student", *names, "s_per_step", "precision", f"p vs {baseline} ({names[0]})"]
+    baseline, published = spec["baseline"], spec.get("published") or {}
+    header = ["strategy", "student", *names, "s_per_step", "precision", "latency_ms", "query_encoder_ms",
+              f"p vs {baseline} ({names[0]})", "published"]
     rows = []
     for label, run in spec["strategies"].items():
         cells = []
@@ -222,7 +224,14 @@ def build_table4(spec: dict, columns: list[dict], results: Path,
         first = "" if run == baseline else _fmt(paired_p_value(results, run, baseline, columns[0]["split"],
                                                                 columns[0]["measure"]))
         seconds, precision = _training_cost(results, run)
-        rows.append([label, run, *cells, _fmt(seconds, 3), precision, first])
+        latency = _json(latency_file(results, run, latency_split)).get("latency_ms_median")
+        encoder = _json(Path(results) / "queries" / f"{run}.{latency_split}" / "manifest.json")
+        # Only figures of this table's columns: a paper's MS MARCO figure is no reference for another data set.
+        figures = {column: value for column, value in (published.get(label) or {}).get("figures", {}).items()
+                   if column in names}
+        rows.append([label, run, *cells, _fmt(seconds, 3), precision, _fmt(latency, 2),
+                     _fmt(encoder.get("latency_ms_median"), 2), first,
+                     "; ".join(f"{value:.3f} ({column})" for column, value in figures.items())])
     return header, rows
 
 
@@ -314,11 +323,16 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
                ["none = hard labels only (PoolAvg); triplet = KL over each query's own pair; inbatch = KL over all "
                 "2B in-batch passages (TCT-ColBERT)."])
     if spec.get("table4"):
-        header, rows = build_table4(spec["table4"], spec["columns"], results)
+        header, rows = build_table4(spec["table4"], spec["columns"], spec["latency_split"], results)
+        published = spec["table4"].get("published") or {}
+        columns = {f"{c['split']}/{c['measure']}" for c in spec["columns"]}
         _write(Path(out_dir) / "table4_distillation.tsv", "Table 4 - distillation strategies", header, rows,
                [f"`*`: paired two-sided t-test over queries against {spec['table4']['baseline']}, p < 0.05. "
                 "s_per_step: median seconds per optimisation step on this machine, teacher included, in the "
-                "precision named."])
+                f"precision named. latency_ms: median per query on {spec['latency_split']} as in Table 1; "
+                "query_encoder_ms: the query encoder's alone (batch 1), for dense models.",
+                *[f"{label}: published figures from {entry['source']}." for label, entry in published.items()
+                  if label in spec["table4"]["strategies"] and set(entry["figures"]) & set(columns)]])
     if spec.get("table5"):
         fusions = spec["table5"]
         header, rows = build_table5(fusions, spec["columns"], spec["latency_split"], results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
@@ -36,3 +37,14 @@ def time_each(items: Iterable, work: Callable) -> dict[str, float | int | None]:
         return {"latency_queries": 0, "latency_ms_median": None, "latency_ms_p95": None}
     return {"latency_queries": len(timings), "latency_ms_median": round(statistics.median(timings), 3),
             "latency_ms_p95": round(percentile(timings, 95), 3)}
+
+
+def rerank_latency(candidates: str | Path, timing: dict[str, float | int | None]) -> dict[str, float | int | None]:
+    """A re-ranker's latency record: its own per query (`time_each`), the first stage's median read from the
+    candidates' latency file beside the run (absent for a candidate list read from a file), and their sum."""
+    first_path = Path(candidates).with_suffix(".latency.json")
+    first = json.loads(first_path.read_text()).get("latency_ms_median") if first_path.exists() else None
+    own = timing["latency_ms_median"]
+    return {"latency_queries": timing["latency_queries"], "rerank_ms_median": own,
+            "rerank_ms_p95": timing["latency_ms_p95"], "first_stage_ms_median": first,
+            "latency_ms_median": round(first + own, 3) if first is not None and own is not None else None}

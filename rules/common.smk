@@ -233,6 +233,8 @@ def table_inputs(wildcards):
         for student in {*strategies["strategies"].values(), strategies["baseline"]}:
             files += [f"{OUT}/metrics/{student}.{split}.tsv" for split in splits]
             files += [f"{OUT}/training/{student}.losses.csv"] if student in VARIANTS else []
+            files += [f"{OUT}/runs/{student}.{latency_split}.latency.json"] if student not in CANDIDATES else []
+            files += [f"{OUT}/queries/{student}.{latency_split}"] if student in DENSE_MODELS else []
     return files
 
 

@@ -88,22 +88,32 @@ def test_table3_reads_rerank_and_full_runs(results):
     assert rows == [["none", "bm25", "0.2500", "0.7500"], ["inbatch", "other", "0.2500", "0.7500"]]
 
 
-def test_table4_strategies_cost_per_step_and_paired_test(tmp_path):
+def test_table4_strategies_cost_per_step_latency_paired_test_and_published_figures(tmp_path):
     judged_runs(tmp_path, {"base": lambda q: ["b", "a"] if q % 3 else ["a", "b"], "better": lambda q: ["a", "b"],
                            "same": lambda q: ["b", "a"] if q % 3 else ["a", "b"]})
     (tmp_path / "training").mkdir()
     (tmp_path / "training" / "better.losses.csv").write_text(
         "step,loss,lr,grad_norm,seconds,precision,cpu_capability\n1,2.0,1e-5,1.0,1.5,fp32,AVX2\n"
         "2,1.0,1e-5,1.0,0.5,fp32,AVX2\n3,0.5,1e-5,1.0,0.7,bf16,AVX512\n")  # resumed on another machine
-    spec = {"baseline": "base", "strategies": {"KL": "base", "Margin-MSE": "better", "Same": "same"}}
-    header, rows = build_table4(spec, [{"split": "dev", "measure": "RR@10"}], tmp_path)
-    assert header == ["strategy", "student", "dev/RR@10", "s_per_step", "precision", "p vs base (dev/RR@10)"]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "better.dev.latency.json").write_text(json.dumps({"latency_ms_median": 12.345}))
+    (tmp_path / "queries" / "better.dev").mkdir(parents=True)
+    (tmp_path / "queries" / "better.dev" / "manifest.json").write_text(json.dumps({"latency_ms_median": 3.5}))
+    spec = {"baseline": "base", "strategies": {"KL": "base", "Margin-MSE": "better", "Same": "same"},
+            "published": {"Margin-MSE": {"figures": {"dev/RR@10": 0.323, "dl19/nDCG@10": 0.697}, "source": "x"}}}
+    # dl19 is no column here: its figure is left out (a published figure stands beside ours only like with like)
+    header, rows = build_table4(spec, [{"split": "dev", "measure": "RR@10"}], "dev", tmp_path)
+    assert header == ["strategy", "student", "dev/RR@10", "s_per_step", "precision", "latency_ms", "query_encoder_ms",
+                      "p vs base (dev/RR@10)", "published"]
     table = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
     assert table["KL"]["dev/RR@10"] == "0.6667" and table["KL"]["p vs base (dev/RR@10)"] == ""
     assert table["Margin-MSE"]["dev/RR@10"] == "1.0000*" and table["Margin-MSE"]["s_per_step"] == "0.700"
     assert table["Margin-MSE"]["precision"] == "fp32/bf16" and table["KL"]["precision"] == ""
     assert float(table["Margin-MSE"]["p vs base (dev/RR@10)"]) < 0.05
     assert table["Same"]["p vs base (dev/RR@10)"] == "1.0000" and table["Same"]["s_per_step"] == ""
+    assert (table["Margin-MSE"]["latency_ms"], table["Margin-MSE"]["query_encoder_ms"]) == ("12.35", "3.50")
+    assert table["KL"]["latency_ms"] == table["KL"]["query_encoder_ms"] == table["KL"]["published"] == ""
+    assert table["Margin-MSE"]["published"] == "0.323 (dev/RR@10)"
 
 
 def test_table2_stages_devices_and_index_sizes(tmp_path):

@@ -32,7 +32,7 @@ from pipeline.formats import read_queries, read_run, write_run
 from pipeline.models.backbone import tokenize_queries
 from pipeline.models.colbert import ColBERT, maxsim
 from pipeline.precision import describe
-from pipeline.timing import time_each
+from pipeline.timing import rerank_latency, time_each
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,8 @@ def colbert_rerank(model: str, token_dirs: list[Path], queries_path: Path, candi
         ranked = {qid: rerank(qid) for qid in tqdm(queries, desc="rerank", unit="q", mininterval=5)}
         timing = time_each(list(queries)[:latency_queries], rerank)
     write_run(run_path, ranked, tag)
-    first_latency_path = Path(candidates).with_suffix(".latency.json")
-    first = json.loads(first_latency_path.read_text()).get("latency_ms_median") if first_latency_path.exists() else None
     record = {"queries": len(queries), "depth": depth, "device": device_name(device),
-              "threads": torch.get_num_threads(), "latency_queries": timing["latency_queries"],
-              "rerank_ms_median": timing["latency_ms_median"],
-              "rerank_ms_p95": timing["latency_ms_p95"], "first_stage_ms_median": first,
-              "latency_ms_median": (round(first + timing["latency_ms_median"], 3)
-                                    if first is not None and timing["latency_ms_median"] is not None else None),
+              "threads": torch.get_num_threads(), **rerank_latency(candidates, timing),
               "token_index_bytes_per_passage": round(store.bytes / max(store.passages, 1), 1),
               **describe("fp32")}  # float16 token vectors, MaxSim computed in float32
     with atomic_output(Path(run_path).with_suffix(".latency.json")) as out:

@@ -306,7 +306,7 @@ def test_small_demo_dag_end_to_end(workdir):
     table4 = (workdir / "results" / "table4_distillation.tsv").read_text()
     strategies = [line.split("\t") for line in table4.splitlines()]
     assert [row[1] for row in strategies[1:]] == ["poolavg", "tct_inbatch", "tct_margin", "tct_embed", "tct_generated",
-                                                  "margin_ce", "asym", "dual_ce", "cross_encoder-bm25"]
+                                                  "margin_ce", "asym", "cross_encoder-bm25"]
     assert all(0.0 <= float(row[2].rstrip("*")) <= 1.0 for row in strategies[1:])
     assert all(float(row[6]) > 0 for row in strategies[1:-1]) and strategies[-1][6] == ""  # re-ranking: no training
     expansion = json.loads((workdir / "results" / "synthetic" / "doc2query" / "expansion.json").read_text())

@@ -92,7 +92,8 @@ def cross_encoder_rerank(model: str, queries_path: Path, collection: Path, candi
 
     # The partial run is named by what it was made from, so a restart after changed inputs starts afresh.
     made_from = source_digest([model, queries_path, collection, candidates,
-                               {"depth": depth, "lengths": asdict(encoder.lengths), "tag": tag}])
+                               {"depth": depth, "lengths": asdict(encoder.lengths), "tag": tag,
+                                "precision": resolved}])
     partial = Path(f"{run_path}.partial-{made_from.rpartition(':')[2][:16]}")
     for stale in Path(run_path).parent.glob(f"{Path(run_path).name}.partial-*"):
         if stale != partial:

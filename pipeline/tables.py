@@ -204,13 +204,14 @@ def _training_cost(results: Path, run: str) -> tuple[float | None, str]:
     return median, precisions
 
 
-def build_table4(spec: dict, columns: list[dict], latency_split: str, results: Path,
+def build_table4(spec: dict, columns: list[dict], latency_split: str, dataset: str, results: Path,
                  level: float = 0.05) -> tuple[list[str], list[list[str]]]:
     """Distillation strategies: Table 1's columns, seconds per training step, latency per query (end to end, and
     the query encoder's alone for dense models), a paired t-test of each strategy against `baseline` on the first
-    column (`*` marks p < level in every column), and the figures its paper published (`published`)."""
+    column (`*` marks p < level in every column), and the figures its paper published on `dataset` (`published`)."""
     names = [f"{c['split']}/{c['measure']}" for c in columns]
-    baseline, published = spec["baseline"], spec.get("published") or {}
+    baseline = spec["baseline"]
+    published = {label: entry for label, entry in (spec.get("published") or {}).items() if entry["dataset"] == dataset}
     header = ["strategy", "student", *names, "s_per_step", "precision", "latency_ms", "query_encoder_ms",
               f"p vs {baseline} ({names[0]})", "published"]
     rows = []
@@ -226,7 +227,7 @@ def build_table4(spec: dict, columns: list[dict], latency_split: str, results: P
         seconds, precision = _training_cost(results, run)
         latency = _json(latency_file(results, run, latency_split)).get("latency_ms_median")
         encoder = _json(Path(results) / "queries" / f"{run}.{latency_split}" / "manifest.json")
-        # Only figures of this table's columns: a paper's MS MARCO figure is no reference for another data set.
+        # Only figures of this data set and this table's columns: like with like.
         figures = {column: value for column, value in (published.get(label) or {}).get("figures", {}).items()
                    if column in names}
         rows.append([label, run, *cells, _fmt(seconds, 3), precision, _fmt(latency, 2),
@@ -323,8 +324,9 @@ def write_tables(spec: dict, results: Path, out_dir: Path) -> None:
                ["none = hard labels only (PoolAvg); triplet = KL over each query's own pair; inbatch = KL over all "
                 "2B in-batch passages (TCT-ColBERT)."])
     if spec.get("table4"):
-        header, rows = build_table4(spec["table4"], spec["columns"], spec["latency_split"], results)
-        published = spec["table4"].get("published") or {}
+        header, rows = build_table4(spec["table4"], spec["columns"], spec["latency_split"], spec["dataset"], results)
+        published = {label: entry for label, entry in (spec["table4"].get("published") or {}).items()
+                     if entry["dataset"] == spec["dataset"]}
         columns = {f"{c['split']}/{c['measure']}" for c in spec["columns"]}
         _write(Path(out_dir) / "table4_distillation.tsv", "Table 4 - distillation strategies", header, rows,
                [f"`*`: paired two-sided t-test over queries against {spec['table4']['baseline']}, p < 0.05. "

@@ -51,7 +51,8 @@ TIMED_SPLITS = list(dict.fromkeys([config["evaluation"]["latency_split"],
                                    *([config["table2"]["split"]] if config["table2"] else [])]))
 if "tune" in DATASET["splits"]:
     raise ValueError("'tune' is the alpha-tuning sample drawn from train; choose another split name")
-_clashes = ((set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & (set(SPARSE_RUNS) | set(CANDIDATES)))
+_clashes = ({name for name in DENSE_MODELS if name.startswith(("colbert-", "cross_encoder-"))}  # their runs' prefixes
+            | (set(VARIANTS) & set(PUBLISHED)) | (set(DENSE_MODELS) & (set(SPARSE_RUNS) | set(CANDIDATES)))
             | (set(SPARSE_RUNS) & set(CANDIDATES)) | ({"teacher", "colbert", *CROSS_ENCODERS.values()} & {*DENSE_MODELS, *SPARSE_RUNS, *CANDIDATES}))
 if _clashes:
     raise ValueError("run names must be unique across bm25.runs, rerank.candidates, student.variants and "
@@ -203,6 +204,12 @@ def coverage_files(runs, split):
     return [f"{OUT}/coverage/{run}.{split}.tsv" for run in runs] if split in COVERAGE["splits"] else []
 
 
+def timed_run(run):
+    """Whether a run has a latency file of its own, as all have but candidate lists read from files, a dense
+    model's re-ranking (`-rerank-`) and the fusion methods beside Eq. 7 (`@`)."""
+    return run not in CANDIDATES and "-rerank-" not in run and "@" not in run
+
+
 def table_inputs(wildcards):
     """Metric and latency files behind Tables 1-3."""
     splits = list(dict.fromkeys(c["split"] for c in config["evaluation"]["columns"]))
@@ -211,7 +218,7 @@ def table_inputs(wildcards):
     for row in config["table1"]["rows"].values():
         for run in filter(None, (row["run"], row.get("compare_to"))):
             files += [f"{OUT}/metrics/{run}.{split}.tsv" for split in splits]
-        if row["run"] not in CANDIDATES:  # a candidate list read from a file has no latency of its own
+        if timed_run(row["run"]):
             files.append(f"{OUT}/runs/{row['run']}.{latency_split}.latency.json")
         files += [file for split in COVERAGE["splits"] for file in coverage_files([row["run"]], split)]
     for dense, sparse in hybrid_pairs():
@@ -233,7 +240,7 @@ def table_inputs(wildcards):
         for student in {*strategies["strategies"].values(), strategies["baseline"]}:
             files += [f"{OUT}/metrics/{student}.{split}.tsv" for split in splits]
             files += [f"{OUT}/training/{student}.losses.csv"] if student in VARIANTS else []
-            files += [f"{OUT}/runs/{student}.{latency_split}.latency.json"] if student not in CANDIDATES else []
+            files += [f"{OUT}/runs/{student}.{latency_split}.latency.json"] if timed_run(student) else []
             files += [f"{OUT}/queries/{student}.{latency_split}"] if student in DENSE_MODELS else []
     return files
 
@@ -276,8 +283,9 @@ def cross_encoder_lengths():
 
 def cross_encoder_loop(wildcards):
     """A cross-encoder's scorer, lengths and training loop as command-line arguments."""
-    scorer = {name: scorer for scorer, name in CROSS_ENCODERS.items()}[wildcards.cross_encoder]
-    return ["--scorer", scorer] + cross_encoder_lengths() + flag_arguments(config["cross_encoder"]["train"])
+    dual = wildcards.cross_encoder == CROSS_ENCODERS["dual_pooling"]  # cls, the default, goes unsaid
+    return (["--scorer", "dual_pooling"] if dual else []) + cross_encoder_lengths() + flag_arguments(
+        config["cross_encoder"]["train"])
 
 
 def cross_encoder_model(scorer="cls"):

@@ -40,12 +40,16 @@ def test_the_top_depth_is_ordered_by_the_cross_encoders_score(setting, tmp_path)
     queries, passages = read_queries(data["queries"]), dict(read_collection(data["collection"]))
     first, ranked = read_run(root / "bm25.trec"), read_run(tmp_path / "ce.trec")
     assert list(ranked) == list(queries) and record["pairs"] == 24 and record["depth"] == 4
+    lines = [line.split() for line in (tmp_path / "ce.trec").read_text().splitlines()]
     for qid, hits in ranked.items():
         top = sorted(first[qid], key=lambda pid: -first[qid][pid])[:4]
         assert set(hits) == set(top)
         with torch.no_grad():
             expected = model.score([queries[qid]] * 4, [passages[pid] for pid in top])
         assert [hits[pid] for pid in top] == pytest.approx(expected.tolist(), abs=1e-5)
+        by_score = sorted(top, key=lambda pid: -expected[top.index(pid)].item())
+        assert [line[2] for line in lines if line[0] == qid] == by_score  # in the file, best first
+        assert [int(line[3]) for line in lines if line[0] == qid] == [1, 2, 3, 4]
     latency = json.loads((tmp_path / "ce.latency.json").read_text())
     assert latency["precision"] == "fp32" and latency["latency_queries"] == 2
     assert not list(tmp_path.glob("ce.trec.partial-*"))

@@ -100,9 +100,11 @@ def test_table4_strategies_cost_per_step_latency_paired_test_and_published_figur
     (tmp_path / "queries" / "better.dev").mkdir(parents=True)
     (tmp_path / "queries" / "better.dev" / "manifest.json").write_text(json.dumps({"latency_ms_median": 3.5}))
     spec = {"baseline": "base", "strategies": {"KL": "base", "Margin-MSE": "better", "Same": "same"},
-            "published": {"Margin-MSE": {"figures": {"dev/RR@10": 0.323, "dl19/nDCG@10": 0.697}, "source": "x"}}}
-    # dl19 is no column here: its figure is left out (a published figure stands beside ours only like with like)
-    header, rows = build_table4(spec, [{"split": "dev", "measure": "RR@10"}], "dev", tmp_path)
+            "published": {"Margin-MSE": {"dataset": "msmarco-passage", "source": "x",
+                                         "figures": {"dev/RR@10": 0.323, "dl19/nDCG@10": 0.697}},
+                          "KL": {"dataset": "scifact", "figures": {"dev/RR@10": 0.9}, "source": "y"}}}
+    # dl19 is no column here, nor scifact the data set: those figures are left out (like with like only)
+    header, rows = build_table4(spec, [{"split": "dev", "measure": "RR@10"}], "dev", "msmarco-passage", tmp_path)
     assert header == ["strategy", "student", "dev/RR@10", "s_per_step", "precision", "latency_ms", "query_encoder_ms",
                       "p vs base (dev/RR@10)", "published"]
     table = {row[0]: dict(zip(header, row, strict=True)) for row in rows}

@@ -140,7 +140,7 @@ def test_margin_mse_in_its_own_setting_learns_from_the_cross_encoder(workdir):
     assert dual.returncode == 0, dual.stderr
     trained = {re.search(r"cross_encoder=([\w-]+)", block).group(1): block
                for block in jobs_of(dual, "train_cross_encoder")}
-    assert "--scorer cls" in trained["cross_encoder"]
+    assert "--scorer" not in trained["cross_encoder"]  # cls, the default
     assert "--scorer dual_pooling" in trained["cross_encoder-dual_pooling"]
     [student] = [block for block in jobs_of(dual, "train_student") if "variant=dual_ce" in block]
     assert f"--cross-encoder {model}-dual_pooling" in student and "--embed-weight 1.0" in student

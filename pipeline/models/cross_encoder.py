@@ -58,7 +58,7 @@ class CrossEncoder(nn.Module):
         """(B,) scores of tokenised pairs."""
         if self.head is None:
             queries, passages = self.pooled_segments(input_ids, attention_mask, token_type_ids)
-            return (queries * passages).sum(-1)
+            return (queries.float() * passages.float()).sum(-1)  # float32 under autocast, as PairTargets
         output = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         vector = output.pooler_output if self.pooled else output.last_hidden_state[:, 0]
         return self.head(vector).squeeze(-1)
@@ -96,7 +96,8 @@ class CrossEncoder(nn.Module):
         if self.head is not None:
             save_file({name: tensor.contiguous() for name, tensor in self.head.state_dict().items()},
                       directory / HEAD_FILE)
-        payload = {"kind": KIND, "lengths": asdict(self.lengths), "pooled": self.pooled, "scorer": self.scorer}
+        payload = {"kind": KIND, "lengths": asdict(self.lengths), "pooled": self.pooled,
+                   **({"scorer": self.scorer} if self.head is None else {})}  # cls unsaid: saved models stay alike
         (directory / CONVENTIONS_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
     @classmethod

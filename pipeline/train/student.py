@@ -11,9 +11,10 @@ from `--backbone` (`--init backbone`), or from a trained student (`--init studen
 hard-negative round continuing from the student that mined it). The teacher labels in eval mode unless
 `--teacher-dropout` (the released code keeps its dropout on). Margin-MSE (Hofstätter et al. 2020) can
 learn from a cross-encoder instead (`--cross-encoder`, scoring each pair online) or from its authors'
-score file (`--teacher-scores`). The whole batch is one softmax: across
-GPUs under torchrun (`--gather`, the default) and across accumulated micro-batches (gradient caching,
-see `pipeline.train.gradcache`).
+score file (`--teacher-scores`). `--embed-weight` adds EmbedDistill's embedding matching: to the ColBERT
+teacher's token vectors, or with `--cross-encoder` to its dual-pooling vectors. The whole batch is one
+softmax: across GPUs under torchrun (`--gather`, the default) and across accumulated micro-batches
+(gradient caching, see `pipeline.train.gradcache`).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class _QueryPassageEncoder(nn.Module):
     """One forward for queries and passages, as DistributedDataParallel expects one call per step.
 
     With embedding matching, `matcher` (a learned linear map from the student's width to the teacher's
-    ColBERT dimension, trained with the student and never saved) maps both into the teacher's scoring
-    space, and the forward also returns the mapped vectors.
+    ColBERT dimension, or to the dual-pooling cross-encoder's width; trained with the student and never saved)
+    maps both into the teacher's space, and the forward also returns the mapped vectors.
     """
 
     def __init__(self, encoder: BiEncoder, matcher: nn.Module | None = None):
@@ -88,7 +89,7 @@ class _Distillation:
     """Eq. 6 over the whole batch, plus embedding matching, as the parts of a `BatchObjective`."""
 
     tokenizer: PreTrainedTokenizerBase
-    teacher: ColBERT | None  # None: no online teacher and no embedding matching
+    teacher: ColBERT | None  # None: no online ColBERT teacher (matching, if any, is from the cross-encoder)
     cross_encoder: CrossEncoder | None  # scores each query's own pair (Margin-MSE's teacher)
     conv: Conventions
     ctx: Context
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unscored", choices=UNSCORED, default="error",
                         help="a triple --teacher-scores lacks: stop naming its line (error), or leave it out (drop)")
     parser.add_argument("--cross-encoder", type=Path, default=None,
-                        help="a cross-encoder (train_cross_encoder's, or a published one) scoring each pair online")
+                        help="a cross-encoder (train_cross_encoder's, or a published one) scoring each pair online; "
+                             "with --embed-weight, its dual-pooling vectors are matched too")
     parser.add_argument("--embed-weight", type=float, default=0.0, help="weight of embedding matching (EmbedDistill)")
     parser.add_argument("--generated", type=Path, nargs="+", default=[],
                         help="doc2query predictions (JSON lines): queries generated from the training positives")

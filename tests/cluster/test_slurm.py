@@ -31,8 +31,8 @@ SKIP_CODE = 77                       # slurm.sh: the Debian packages cannot be i
 PARTITION, ACCOUNT = "debug", "pipelinetest"
 LOCAL_RULES = {"all", "prepare_data", "table_spec", "tables", "report"}
 GPU_RULES = {"train_teacher", "train_cross_encoder", "train_student", "train_query_encoder", "encode_corpus",
-             "encode_queries", "encode_train_queries", "encode_tokens", "colbert_rerank", "colbert_index",
-             "colbert_retrieve", "train_doc2query", "generate_doc2query"}
+             "encode_queries", "encode_train_queries", "encode_tokens", "colbert_rerank", "cross_encoder_rerank",
+             "colbert_index", "colbert_retrieve", "train_doc2query", "generate_doc2query"}
 TORCHRUN_PROCESSES = 2               # train_teacher's processes (teacher.gpus) in the whole-DAG test
 TEACHER_RULES = {"train_teacher", "train_round_teacher"}  # both take teacher.gpus (torchrun)
 # The first status query waits seconds-between-status-checks, the later ones the plugin's own interval:

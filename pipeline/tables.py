@@ -11,6 +11,8 @@ shown, with our difference from them, when `show_paper` is set.
 With `coverage: {splits, depth, p}`, Table 1 adds each split's Judged@depth and RBP(p) + residual from
 `<results>/coverage/<run>.<split>.tsv` (pipeline.coverage). With `table5: {methods, pairs}`, Table 5 lists each
 {dense, sparse} pair fused by each method (runs `<dense>+<sparse>` for eq7, `<dense>+<sparse>@<method>` otherwise).
+The module runs over the 350 lines: the five tables share their readers, tests and formatting, and one stage
+writes them all; a module per table would pass the same helpers around.
 """
 
 from __future__ import annotations

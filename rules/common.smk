@@ -294,9 +294,10 @@ def cross_encoder_model(scorer="cls"):
     return published or f"{RES}/models/{CROSS_ENCODERS[scorer]}"
 
 
-def cross_encoder_input(wildcards):
-    """Input function: the trained cross-encoder, unless a published one is named (read by the stage itself)."""
-    return {} if config["cross_encoder"]["published"] else {"cross_encoder": cross_encoder_model()}
+def cross_encoder_input(wildcards, scorer="cls"):
+    """Input function: the trained cross-encoder of a scorer; none for a published one (read by the stage itself)."""
+    model = cross_encoder_model(scorer)
+    return {"cross_encoder": model} if model.startswith(f"{RES}/") else {}
 
 
 def launcher(stage):
@@ -374,9 +375,8 @@ def student_inputs(wildcards):
     matching = variant.get("embed_weight", 0) > 0 and not by_cross_encoder  # else from the cross-encoder
     if online or matching or student_init(wildcards) == "teacher":
         inputs["teacher"] = student_teacher(wildcards)
-    cross_encoder = cross_encoder_model(variant.get("scorer", "cls"))
-    if by_cross_encoder and cross_encoder.startswith(f"{RES}/"):  # a published one is no file input
-        inputs["cross_encoder"] = cross_encoder
+    if by_cross_encoder:
+        inputs.update(cross_encoder_input(wildcards, variant.get("scorer", "cls")))
     if student_init(wildcards) not in ("teacher", "backbone"):
         inputs["init"] = f"{RES}/models/{student_init(wildcards)}"  # another variant: trained first
     if "teacher_scores" in variant:

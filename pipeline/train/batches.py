@@ -76,7 +76,7 @@ class TripleBatches:
         self.scores = None
         self.unscored = 0  # triples left out because the score file lacks them (unscored: drop)
         if teacher_scores is not None:
-            scores = read_teacher_scores(teacher_scores)
+            scores = read_teacher_scores(teacher_scores, set(rows))
             scored = [row in scores for row in rows]
             if unscored == "error" and not all(scored):
                 missing = scored.index(False)

@@ -265,7 +265,7 @@ def test_teacher_score_file_is_parsed_and_bad_lines_are_named(setup, tmp_path):
     # Only the triples asked for are kept (the authors' files score far more triples than a run trains on).
     assert read_teacher_scores(scores, {tuple(triples[1])}) == {tuple(triples[1]): (9.5, 2.25)}
     (tmp_path / "empty.tsv").write_text("")
-    with pytest.raises(InputFormatError, match="empty.tsv: expected at least one scored triple"):
+    with pytest.raises(InputFormatError, match=r"empty\.tsv: expected at least one scored triple"):
         read_teacher_scores(tmp_path / "empty.tsv", set())
     for bad, expected in (("9.1\t2.0\tq0\tp0\n", "line 2"), ("high\t2.0\tq0\tp0\tn0\n", "line 2")):
         scores.write_text(f"1.0\t0.5\t{triples[0][0]}\t{triples[0][1]}\t{triples[0][2]}\n{bad}")
